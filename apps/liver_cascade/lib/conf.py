@@ -1,0 +1,66 @@
+"""MONAI Label ``--conf`` key/values, parsed once into a typed object.
+
+Every option of the app is listed here with its default; configs, infer and
+train tasks receive an :class:`AppConf` and never parse strings themselves.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+import torch
+
+from lib.settings import DEFAULT_PRESET, PRESETS
+
+
+def _bool(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def parse_scales(value, preset: str) -> Tuple[int, ...]:
+    """'192,208' / [192, 208] / 'paper' (the preset's 5 sizes) / '' (preset default)."""
+    p = PRESETS[preset]
+    if value is None or value == "" or value == []:
+        return tuple(p.default_scales)
+    if isinstance(value, str) and value.strip().lower() in ("all", "paper", "multi"):
+        return p.all_scales
+    if isinstance(value, (int, float)):
+        value = [value]
+    if isinstance(value, str):
+        value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+    scales = tuple(int(v) for v in value)
+    if not scales or any(s < 32 or s > 2048 for s in scales):
+        raise ValueError(f"scales must be integers in [32, 2048], got {value!r}")
+    return scales
+
+
+@dataclass(frozen=True)
+class AppConf:
+    preset: str
+    scales: Tuple[int, ...]
+    batch_size: int  # slices per network call at inference
+    stage2_roi: bool  # run stage two only on slices where stage one found liver
+    crf: bool  # 3D dense CRF post-processing (ablation only)
+    auto_train_on_save: bool
+    auto_train_after: int  # new final labels that trigger a training run
+    pretrained_path: Optional[str]  # local file with initial weights for training
+    min_lesion_ml: float  # lesion report: drop smaller components
+    tracking: str  # "none" (default) or "mlflow" (sqlite store under the app dir)
+
+    @classmethod
+    def from_conf(cls, conf: Dict[str, str]) -> "AppConf":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        preset = conf.get("preset", DEFAULT_PRESET[device])
+        if preset not in PRESETS:
+            raise ValueError(f"--conf preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        return cls(
+            preset=preset,
+            scales=parse_scales(conf.get("scales"), preset),
+            batch_size=int(conf.get("batch_size", 16 if device == "cpu" else 32)),
+            stage2_roi=_bool(conf.get("stage2_roi", "true")),
+            crf=_bool(conf.get("crf", "false")),
+            auto_train_on_save=_bool(conf.get("auto_train_on_save", "false")),
+            auto_train_after=int(conf.get("auto_train_after", "1")),
+            pretrained_path=conf.get("pretrained_path") or None,
+            min_lesion_ml=float(conf.get("min_lesion_ml", "0.05")),
+            tracking=conf.get("tracking", "none"),
+        )

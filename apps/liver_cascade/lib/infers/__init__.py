@@ -1,0 +1,1 @@
+from lib.infers.liver import InvalidRequestError, LiverSegmentation

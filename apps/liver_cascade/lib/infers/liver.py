@@ -1,0 +1,298 @@
+"""Infer tasks ``liver_resnet`` (stage one) and ``liver_cascade`` (both stages).
+
+Pre-processing is composed from MONAI transforms; the two 2D networks run
+slice-wise and multi-scale (:mod:`lib.transforms.inference`); post-processing
+is the paper's per-slice hole fill (and the optional 3D CRF); the label is
+written in the input file's exact geometry.
+"""
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import nibabel as nib
+import nrrd
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.inferers import Inferer, SimpleInferer
+from monai.transforms import EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+
+from lib.conf import AppConf, parse_scales
+from lib.evaluation.lesion_report import lesion_report
+from lib.model_io import ModelCache, ModelNotReadyError
+from lib.settings import LABEL_COLORS, LABELS, model_filename
+from lib.transforms.inference import predict_slices
+from lib.transforms.transforms import (
+    DenseCRFd,
+    FillHolesPerSliced,
+    ProbsToLabeld,
+    RestoreOrientationd,
+    hu_window,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidRequestError(ValueError):
+    """A request parameter is wrong (answered with HTTP 400)."""
+
+
+def _truthy(v) -> bool:
+    return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+class KeepHUd:
+    """Keep an int16 copy of the HU image (after orientation) for the lesion report."""
+
+    def __call__(self, data):
+        d = dict(data)
+        d["image_hu"] = torch.as_tensor(d["image"][0]).round().clamp(-32768, 32767).to(torch.int16)
+        return d
+
+
+class LiverSegmentation(BasicInferTask):
+    """Liver and lesion segmentation with one or two cascaded 2D FCNs."""
+
+    def __init__(self, model_dir: str, conf: AppConf, cascade: bool, arch: str = "resnet",
+                 task_name: str = "liver_resnet", description: str = ""):
+        self.conf = conf
+        self.cascade = cascade
+        self.arch = arch
+        self.task_name = task_name
+        stage1 = "vgg_fcn" if arch == "vgg" else "liver_resnet"
+        self.stage_paths = [os.path.join(model_dir, model_filename(stage1, conf.preset))]
+        if cascade:
+            self.stage_paths.append(os.path.join(model_dir, model_filename("liver_cascade", conf.preset)))
+        self._models = ModelCache()
+        super().__init__(
+            path=self.stage_paths,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=dict(LABELS),
+            dimension=3,
+            description=description,
+            config={
+                "preset": conf.preset,
+                "scales": ",".join(str(s) for s in conf.scales),
+                "crf": conf.crf,
+                "fill_holes": True,
+                "stage2_roi": conf.stage2_roi,
+            },
+        )
+        self.label_colors = {k: list(v) for k, v in LABEL_COLORS.items()}
+
+    # -- MONAI Label plumbing -------------------------------------------------
+    def info(self) -> Dict[str, Any]:
+        i = super().info()
+        i["label_colors"] = self.label_colors
+        i["model_files"] = {os.path.basename(p): os.path.exists(p) for p in self.stage_paths}
+        return i
+
+    def is_valid(self) -> bool:
+        # Listed in /info even without weights: a request then gets a clear error.
+        return True
+
+    def how_to_train(self) -> str:
+        return (
+            f"Train it with `POST /train/{'liver_resnet' if not self.cascade else 'liver_resnet then liver_cascade'}` "
+            "on labelled images (see README, 'Retrain'), or run `make weights` to rebuild the demo weights."
+        )
+
+    def check_weights(self):
+        for p in self.stage_paths:
+            if not os.path.exists(p):
+                raise ModelNotReadyError(
+                    f"Model file {p} is missing; `{self.task_name}` will not run random weights. " + self.how_to_train()
+                )
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        keys = ["image"] + (["label"] if self.cascade and data and data.get("label") else [])
+        return [
+            LoadImaged(keys=keys, image_only=False),
+            EnsureChannelFirstd(keys=keys),
+            EnsureTyped(keys="image", dtype=torch.float32, track_meta=True),
+            Orientationd(keys=keys, axcodes="RAS"),  # axial = last axis, whatever the file
+            KeepHUd(),
+            hu_window("image"),
+        ]
+
+    def inferer(self, data=None) -> Inferer:
+        return SimpleInferer()  # unused: run_inferer runs the slice-wise cascade
+
+    def inverse_transforms(self, data=None):
+        return None  # RestoreOrientationd in post is exact; no generic invert
+
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        t: List[Callable] = []
+        if data is not None and _truthy(data.get("crf", False)):
+            t.append(DenseCRFd(keys="pred"))
+        t.append(ProbsToLabeld(keys="pred"))
+        if data is None or _truthy(data.get("fill_holes", True)):
+            t.append(FillHolesPerSliced(keys="pred"))
+        t.append(LesionReportd(self.conf.min_lesion_ml, enabled=self.cascade))
+        t.append(RestoreOrientationd(keys="pred", ref_key="image"))
+        return t
+
+    def __call__(self, request, callbacks=None):
+        self.check_weights()
+        try:
+            parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
+        return super().__call__(request, callbacks)
+
+    # -- the cascade ----------------------------------------------------------
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
+        device = torch.device(device if torch.cuda.is_available() or not str(device).startswith("cuda") else "cpu")
+        scales = parse_scales(data.get("scales", self._config["scales"]), self.conf.preset)
+        batch = int(data.get("batch_size", self.conf.batch_size))
+        amp = device.type == "cuda"
+        image: MetaTensor = data["image"]
+        vol = image[0].as_tensor().float()  # (X, Y, Z), axial last
+        h, w, n = vol.shape
+        vol_dev = vol.to(device)
+        timings, models = {}, []
+
+        net1, info1 = self._models.get(self.stage_paths[0], device, self.how_to_train())
+        models.append(info1)
+
+        def stage1_input(idx):
+            return vol_dev[..., idx].permute(2, 0, 1)[:, None]
+
+        t0 = time.time()
+        probs = predict_slices(net1, stage1_input, n, (h, w), scales, batch, device=device, amp=amp)
+        timings["stage1"] = round(time.time() - t0, 3)
+
+        if self.cascade:
+            net2, info2 = self._models.get(self.stage_paths[1], device, self.how_to_train())
+            models.append(info2)
+            liver_map = (probs[1].float() + probs[2].float()).clamp_(0, 1)
+            lesion_map = probs[2].float()
+            corrected = data.get("label_tensor")
+            if corrected is None and "label" in data and torch.is_tensor(data.get("label")):
+                corrected = (data["label"][0] > 0).float().to(liver_map.device)
+            if corrected is not None:
+                if tuple(corrected.shape) != (h, w, n):
+                    raise InvalidRequestError(
+                        f"the corrected label has shape {tuple(corrected.shape)}, the image {(h, w, n)}"
+                    )
+                liver_map = corrected
+            has_liver = (liver_map > 0.5).flatten(0, 1).any(0)
+            if _truthy(data.get("stage2_roi", self.conf.stage2_roi)):
+                # slices with liver, plus one slice of margin on both sides
+                keep = has_liver.clone()
+                keep[1:] |= has_liver[:-1]
+                keep[:-1] |= has_liver[1:]
+                idx = torch.nonzero(keep).flatten().tolist()
+            else:
+                idx = list(range(n))
+            liver_dev, lesion_dev = liver_map.to(device), lesion_map.to(device)
+
+            def stage2_input(i):
+                return torch.stack([vol_dev[..., i], lesion_dev[..., i], liver_dev[..., i]]).permute(3, 0, 1, 2)
+
+            t0 = time.time()
+            if idx:
+                probs = predict_slices(net2, stage2_input, n, (h, w), scales, batch, indices=idx,
+                                       out=probs.clone(), device=device, amp=amp)
+            timings["stage2"] = round(time.time() - t0, 3)
+            timings["stage2_slices"] = len(idx)
+            if corrected is not None:
+                # keep the annotator's liver as is; stage two decides lesion vs liver inside it
+                inside = corrected.to(probs.device) > 0.5
+                lesion = probs[2].float() * inside
+                probs = torch.stack([(~inside).float(), inside.float() - lesion, lesion]).to(torch.float16)
+        data["pred"] = MetaTensor(probs.cpu(), meta=image.meta)
+        data["lesion_prob"] = probs[2].cpu()
+        data["inference_timings"] = timings
+        data["models_used"] = [{"file": os.path.basename(m["path"]), "mtime": m["mtime"], "preset": m["preset"]}
+                               for m in models]
+        data["scales_used"] = list(scales)
+        return data
+
+    # -- writing --------------------------------------------------------------
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
+        ext = data.get("result_extension") or ".nii.gz"
+        if ext not in (".nii.gz", ".nii", ".nrrd", ".seg.nrrd"):
+            raise InvalidRequestError(f"result_extension must be .nii.gz, .nii or .nrrd, got {ext!r}")
+        pred = data["pred"]
+        label = np.asarray(pred[0].cpu() if torch.is_tensor(pred) else pred[0], dtype=np.uint8)
+        affine = np.asarray(pred.affine, dtype=np.float64)
+        fd, path = tempfile.mkstemp(suffix=ext, prefix=f"{self.task_name}_")
+        os.close(fd)
+        write_label(label, affine, path)
+        result = {
+            "model": self.task_name,
+            "labels": dict(LABELS),
+            "label_colors": self.label_colors,
+            "scales": data.get("scales_used"),
+            "models_used": data.get("models_used"),
+            "timings": data.get("inference_timings"),
+        }
+        if "lesion_report" in data:
+            result["lesion_report"] = data["lesion_report"]
+        return path, result
+
+
+class LesionReportd:
+    """Adds ``lesion_report`` (physical units) computed on the final label."""
+
+    def __init__(self, min_volume_ml: float, enabled: bool = True):
+        self.min_volume_ml = min_volume_ml
+        self.enabled = enabled
+
+    def __call__(self, data):
+        if not self.enabled:
+            return data
+        d = dict(data)
+        pred = d["pred"]
+        label = np.asarray(pred[0].cpu(), dtype=np.uint8)
+        hu = d.get("image_hu")
+        prob = d.get("lesion_prob")
+        d["lesion_report"] = lesion_report(
+            label,
+            np.asarray(pred.affine, dtype=np.float64),
+            image_hu=None if hu is None else hu.numpy(),
+            lesion_prob=None if prob is None else prob.float().numpy(),
+            min_volume_ml=float(d.get("min_lesion_ml", self.min_volume_ml)),
+            axial_axis=2,
+        )
+        return d
+
+
+def write_label(label: np.ndarray, affine: np.ndarray, path: str) -> str:
+    """Write a uint8 label with the given voxel->RAS affine as NIfTI or NRRD."""
+    if path.endswith(".nrrd"):
+        lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
+        header = {
+            "type": "uint8",
+            "dimension": 3,
+            "space": "left-posterior-superior",
+            "space directions": lps[:3, :3].T,
+            "space origin": lps[:3, 3],
+            "kinds": ["domain", "domain", "domain"],
+            "encoding": "gzip",
+        }
+        nrrd.write(path, np.ascontiguousarray(label), header, compression_level=1)
+    else:
+        img = nib.Nifti1Image(label, affine)
+        img.set_qform(affine, code=1)
+        img.set_sform(affine, code=1)
+        img.header.set_data_dtype(np.uint8)
+        if path.endswith(".gz"):
+            import gzip
+            import io
+
+            bio = io.BytesIO()
+            file_map = img.make_file_map({"image": bio, "header": bio})
+            img.to_file_map(file_map)
+            with gzip.open(path, "wb", compresslevel=1) as f:
+                f.write(bio.getvalue())
+        else:
+            nib.save(img, path)
+    return path

@@ -1,0 +1,77 @@
+"""Model files: one checkpoint format, atomic publishing, cached loading.
+
+A checkpoint is a dict with the network's ``state_dict`` under ``"model"`` and
+what is needed to rebuild it (``arch``, ``preset``, ``in_channels``) plus free
+provenance (``meta``). Files are published atomically (write, then rename) so
+a running server never reads a half-written model, and loaders reload a file
+when its modification time changes (the next request uses a new model).
+"""
+
+import os
+import tempfile
+import threading
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from lib.networks import build_network
+
+
+class ModelNotReadyError(RuntimeError):
+    """A model file the task needs is missing or unreadable."""
+
+
+def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str, in_channels: int,
+                    meta: Optional[Dict[str, Any]] = None) -> str:
+    net = network.module if hasattr(network, "module") else network
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    ckpt = {"model": state, "arch": arch, "preset": preset, "in_channels": in_channels, "meta": meta or {}}
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(ckpt, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_checkpoint(path: str, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=False)
+        net = build_network(ckpt["arch"], ckpt["preset"], ckpt["in_channels"])
+        net.load_state_dict(ckpt["model"])
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # corrupt file, wrong format
+        raise ModelNotReadyError(f"Model file {path} could not be loaded: {e}") from e
+    return net.to(device).eval(), ckpt
+
+
+class ModelCache:
+    """Per (path, device) cache that reloads when the file's mtime changes."""
+
+    def __init__(self):
+        self._cache: Dict[Tuple[str, str], Tuple[float, torch.nn.Module, Dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str, device, how_to_train: str = "") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+        if not os.path.exists(path):
+            raise ModelNotReadyError(
+                f"Model file {path} is missing, so there is no model to run (random weights are never used). "
+                + how_to_train
+            )
+        mtime = os.stat(path).st_mtime
+        key = (path, str(device))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit and hit[0] == mtime:
+                return hit[1], hit[2]
+            net, ckpt = load_checkpoint(path, device)
+            net = net.to(memory_format=torch.channels_last)
+            info = {"path": path, "mtime": mtime, "preset": ckpt["preset"], "arch": ckpt["arch"],
+                    "meta": ckpt.get("meta", {})}
+            self._cache[key] = (mtime, net, info)
+            return net, info

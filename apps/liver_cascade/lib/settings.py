@@ -1,0 +1,107 @@
+"""The single source of truth for liver_cascade.
+
+Labels, colours, the HU window, network presets and test-time scales live here
+and nowhere else; every other module (configs, transforms, trainers, evaluation,
+sample-data, benchmarks) imports them from this file.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, Tuple
+
+# LiTS label values.
+LABELS: Dict[str, int] = {"liver": 1, "lesion": 2}
+BACKGROUND = 0
+LABEL_COLORS: Dict[str, Tuple[int, int, int]] = {
+    "liver": (221, 130, 101),  # Slicer's "liver" colour
+    "lesion": (255, 255, 0),
+}
+
+# Pre-processing (Bi et al. 2017): clip HU to [-160, 240] and scale to [0, 1].
+HU_WINDOW: Tuple[float, float] = (-160.0, 240.0)
+
+
+def scales_from(base: int, count: int, step: int = 32):
+    """The paper's scale ladder: base, base + step, ... (count sizes)."""
+    return tuple(base + i * step for i in range(count))
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Network widths/depths plus the input size and default test-time scales."""
+
+    name: str
+    stem: int
+    widths: Tuple[int, int, int]  # basic-block stages (stride 2 each)
+    depths: Tuple[int, int, int]
+    dilated_width: Tuple[int, int]  # 3 basic blocks, dilation 2: (mid, out)
+    dilated_depth: int
+    bottlenecks: Tuple[Tuple[int, int, int], Tuple[int, int, int]]  # dilation 4
+    head: int  # 3x3 conv, dilation 12
+    base_size: int  # slices are resized to this (square) before the network
+    default_scales: Tuple[int, ...] = field(default=())
+    scale_step: int = 32
+
+    @property
+    def all_scales(self) -> Tuple[int, ...]:
+        """The paper's five-scale ladder for this preset."""
+        return scales_from(self.base_size, 5, self.scale_step)
+
+
+PRESETS: Dict[str, Preset] = {
+    # Table 1 of Bi et al. (ResNet-38, model A of Wu et al.) at output stride 8.
+    "paper": Preset(
+        name="paper",
+        stem=64,
+        widths=(128, 256, 512),
+        depths=(3, 3, 6),
+        dilated_width=(512, 1024),
+        dilated_depth=3,
+        bottlenecks=((512, 1024, 2048), (1024, 2048, 4096)),
+        head=512,
+        base_size=512,
+        default_scales=scales_from(512, 5, 32),  # 512, 544, ..., 640
+        scale_step=32,
+    ),
+    # Same topology, narrow and shallow, sized for interactive CPU inference.
+    "lite": Preset(
+        name="lite",
+        stem=16,
+        widths=(24, 32, 48),
+        depths=(1, 1, 2),
+        dilated_width=(48, 64),
+        dilated_depth=1,
+        bottlenecks=((32, 64, 96), (48, 96, 128)),
+        head=48,
+        base_size=192,
+        default_scales=(192,),
+        scale_step=16,
+    ),
+}
+
+DEFAULT_PRESET = {"cpu": "lite", "cuda": "paper"}
+
+# Model file names (under apps/liver_cascade/model/), one per (task, preset).
+def model_filename(task: str, preset: str) -> str:
+    return f"{task}_{preset}.pt"
+
+
+# Output classes of every network: background, liver, lesion (softmax).
+NUM_CLASSES = 3
+
+
+@dataclass(frozen=True)
+class VGGPreset:
+    """VGG16 FCN-8s baseline: conv widths per pool stage and the fc6/fc7 width."""
+
+    name: str
+    widths: Tuple[int, int, int, int, int]
+    depths: Tuple[int, int, int, int, int]
+    fc: int
+    fc6_kernel: int
+    base_size: int
+
+
+VGG_PRESETS: Dict[str, VGGPreset] = {
+    "paper": VGGPreset("paper", (64, 128, 256, 512, 512), (2, 2, 3, 3, 3), 4096, 7, 512),
+    "lite": VGGPreset("lite", (16, 24, 32, 48, 48), (1, 1, 2, 2, 2), 128, 3, PRESETS["lite"].base_size),
+}

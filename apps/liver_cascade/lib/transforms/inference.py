@@ -1,0 +1,65 @@
+"""Slice-wise, multi-scale inference of the 2D FCNs on a 3D volume.
+
+Every axial slice (last axis after ``Orientationd("RAS")``) is resized so its
+longer side equals each test-time scale, run through the network in batches,
+and the softmax probabilities are resized back to the slice's own size and
+averaged over scales (the paper's multi-scale fusion; one scale is
+single-scale). Probabilities are kept in float16 to bound memory.
+"""
+
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def scaled_size(shape, scale: int):
+    """(h, w) resized so that max(h, w) == scale, aspect ratio kept."""
+    h, w = shape
+    f = scale / max(h, w)
+    return max(8, int(round(h * f))), max(8, int(round(w * f)))
+
+
+@torch.inference_mode()
+def predict_slices(
+    network: Callable[[Tensor], Tensor],
+    make_input: Callable[[Sequence[int]], Tensor],
+    n_slices: int,
+    slice_shape,
+    scales: Sequence[int],
+    batch_size: int = 16,
+    indices: Optional[Sequence[int]] = None,
+    out: Optional[Tensor] = None,
+    device: torch.device = torch.device("cpu"),
+    amp: bool = False,
+) -> Tensor:
+    """Run ``network`` on axial slices; returns (classes, H, W, n_slices) float16.
+
+    ``make_input(idx)`` returns the (len(idx), C, H, W) float32 network input
+    for those slice indices; ``indices`` restricts the run to some slices
+    (``out`` keeps the values of the others).
+    """
+    indices = list(range(n_slices)) if indices is None else list(indices)
+    h, w = slice_shape
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        x = make_input(idx).to(device, non_blocking=True)
+        acc = None
+        for s in scales:
+            size = scaled_size((h, w), s)
+            xs = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            xs = xs.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                logits = network(xs)
+            p = torch.softmax(logits.float(), 1)
+            if size != (h, w):
+                p = F.interpolate(p, size=(h, w), mode="bilinear", align_corners=False)
+            acc = p if acc is None else acc + p
+        acc = (acc / len(scales)).to(torch.float16)
+        if out is None:
+            out = torch.zeros((acc.shape[1], h, w, n_slices), dtype=torch.float16, device=acc.device)
+        out[..., idx] = acc.permute(1, 2, 3, 0).to(out.device)
+    if out is None:  # no slice to run
+        raise ValueError("predict_slices: nothing to predict")
+    return out

@@ -1,0 +1,224 @@
+"""MONAI dictionary transforms of the liver_cascade pipeline.
+
+Pre-processing is MONAI's own (LoadImaged, EnsureChannelFirstd, Orientationd to
+RAS so that the last axis is axial whatever the file's orientation, and the HU
+window as ScaleIntensityRanged). What MONAI does not have lives here:
+per-axial-slice hole filling, probabilities to LiTS labels, the optional dense
+CRF, and the exact inverse of the orientation change.
+"""
+
+import logging
+from typing import Hashable, Mapping, Optional
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, ScaleIntensityRanged
+from scipy import ndimage
+
+from lib.settings import HU_WINDOW, LABELS
+
+logger = logging.getLogger(__name__)
+
+
+def hu_window(keys: KeysCollection = "image") -> ScaleIntensityRanged:
+    """Clip HU to the paper's window and scale to [0, 1]."""
+    lo, hi = HU_WINDOW
+    return ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
+
+
+def _bbox(mask: np.ndarray):
+    """Slices of the bounding box of ``mask`` (None when empty)."""
+    if not mask.any():
+        return None
+    box = []
+    for axis in range(mask.ndim):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        idx = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(idx[0], idx[-1] + 1))
+    return tuple(box)
+
+
+def fill_holes_per_slice(mask: np.ndarray, axis: int = -1) -> np.ndarray:
+    """2D hole filling of a boolean volume, one slice along ``axis`` at a time.
+
+    A cavity that is closed only in 3D (open in every slice) is left alone:
+    nothing is bridged across slices.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    out = mask.copy()
+    box = _bbox(mask)
+    if box is None:
+        return out
+    axis = axis % mask.ndim
+    sub = np.moveaxis(out[box], axis, 0)  # view into ``out``
+    for i in range(sub.shape[0]):
+        if sub[i].any():
+            sub[i] = ndimage.binary_fill_holes(sub[i])
+    return out
+
+
+def fill_label_holes(label: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The paper's post-processing on a {0, 1, 2} volume, per axial slice.
+
+    Lesions count as liver for the liver fill; holes inside lesions become lesion.
+    """
+    liver = fill_holes_per_slice(label > 0, axis)
+    lesion = fill_holes_per_slice(label == LABELS["lesion"], axis)
+    out = np.zeros(label.shape, dtype=np.uint8)
+    out[liver] = LABELS["liver"]
+    out[lesion] = LABELS["lesion"]
+    return out
+
+
+class ProbsToLabeld(MapTransform):
+    """(3, X, Y, Z) background/liver/lesion probabilities -> (1, X, Y, Z) uint8 labels."""
+
+    def __call__(self, data: Mapping[Hashable, object]):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            probs = d[key]
+            label = torch.as_tensor(probs).argmax(0, keepdim=True).to(torch.uint8)
+            if isinstance(probs, MetaTensor):
+                label = MetaTensor(label, meta=probs.meta)
+            d[key] = label
+        return d
+
+
+class FillHolesPerSliced(MapTransform):
+    """Per-axial-slice hole filling of a (1, X, Y, Z) LiTS label (axial axis last)."""
+
+    def __init__(self, keys: KeysCollection, axis: int = -1, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.axis = axis
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+            filled = torch.from_numpy(fill_label_holes(arr, self.axis))[None]
+            d[key] = MetaTensor(filled, meta=lab.meta) if isinstance(lab, MetaTensor) else filled
+        return d
+
+
+class DenseCRFd(MapTransform):
+    """3D fully connected CRF on the probabilities (ablation; hurt lesions in the paper).
+
+    Mean-field inference with a Gaussian smoothness kernel and an appearance
+    kernel; the appearance kernel is evaluated with a bilateral grid in the
+    (x, y, z, intensity) space, as fast approximations of Kraehenbuehl & Koltun do.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_key: str = "image",
+        iterations: int = 5,
+        spatial_sigma_mm: float = 3.0,
+        bilateral_sigma_mm: float = 10.0,
+        bilateral_sigma_intensity: float = 0.05,
+        w_smooth: float = 1.0,
+        w_bilateral: float = 2.0,
+    ):
+        super().__init__(keys)
+        self.image_key = image_key
+        self.iterations = iterations
+        self.ss = spatial_sigma_mm
+        self.bs = bilateral_sigma_mm
+        self.bi = bilateral_sigma_intensity
+        self.ws = w_smooth
+        self.wb = w_bilateral
+
+    def __call__(self, data):
+        d = dict(data)
+        image = d[self.image_key]
+        spacing = _spacing(image)
+        img = np.asarray(image[0].cpu() if torch.is_tensor(image) else image[0], dtype=np.float32)
+        for key in self.key_iterator(d):
+            probs = d[key]
+            p = np.asarray(probs.float().cpu() if torch.is_tensor(probs) else probs, dtype=np.float32)
+            # the CRF only matters near the liver: run it on a padded bounding box
+            box = _bbox(p[0] < 0.95)
+            if box is not None:
+                box = tuple(slice(max(0, b.start - 8), min(n, b.stop + 8)) for b, n in zip(box, p.shape[1:]))
+                p = p.copy()
+                p[(slice(None),) + box] = dense_crf_3d(
+                    p[(slice(None),) + box], img[box], spacing, self.iterations,
+                    self.ss, self.bs, self.bi, self.ws, self.wb,
+                )
+            t = torch.from_numpy(p)
+            d[key] = MetaTensor(t, meta=probs.meta) if isinstance(probs, MetaTensor) else t
+        return d
+
+
+def _spacing(image) -> np.ndarray:
+    affine = image.affine if isinstance(image, MetaTensor) else np.eye(4)
+    affine = np.asarray(affine, dtype=np.float64)
+    return np.sqrt((affine[:3, :3] ** 2).sum(0))
+
+
+def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
+    """Mean-field dense CRF with Potts compatibility; returns refined probabilities.
+
+    Message passing uses separable Gaussian filtering (smoothness) and a
+    bilateral grid over intensity bins (appearance), both in millimetres.
+    """
+    eps = 1e-6
+    unary = -np.log(np.clip(probs, eps, 1.0))
+    q = probs.copy()
+    n_bins = max(2, int(np.ceil(1.0 / bi)) + 1)
+    bin_idx = np.clip(np.rint(image / bi), 0, n_bins - 1).astype(np.int32)
+    sigma_s = ss / spacing
+    sigma_b = bs / spacing
+    for _ in range(iterations):
+        msg = np.empty_like(q)
+        for c in range(q.shape[0]):
+            smooth = ndimage.gaussian_filter(q[c], sigma_s, mode="nearest") - q[c]
+            # bilateral grid: splat q into intensity bins, blur spatially and across bins, slice
+            grid = np.zeros((n_bins,) + q.shape[1:], dtype=np.float32)
+            weight = np.zeros_like(grid)
+            np.put_along_axis(grid, bin_idx[None], q[c][None], 0)
+            np.put_along_axis(weight, bin_idx[None], 1.0, 0)
+            grid = ndimage.gaussian_filter(grid, (1.0,) + tuple(sigma_b), mode="nearest")
+            weight = ndimage.gaussian_filter(weight, (1.0,) + tuple(sigma_b), mode="nearest")
+            bil = np.take_along_axis(grid / np.maximum(weight, eps), bin_idx[None], 0)[0] - q[c]
+            msg[c] = ws * smooth + wb * bil
+        # Potts: penalty from the other labels' mass = total - own
+        energy = unary - (msg - 0.0)
+        energy -= energy.min(0, keepdims=True)
+        q = np.exp(-energy)
+        q /= q.sum(0, keepdims=True)
+    return q.astype(np.float32)
+
+
+class RestoreOrientationd(MapTransform):
+    """Undo ``Orientationd``: bring a label back to the input file's voxel order.
+
+    A pure axis permutation/flip computed from the current and the original
+    affine, so it is exact and cheap (no resampling).
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key = ref_key
+
+    def __call__(self, data):
+        d = dict(data)
+        ref = d[self.ref_key]
+        current = np.asarray(ref.affine, dtype=np.float64)
+        original = np.asarray(ref.meta.get("original_affine", current), dtype=np.float64)
+        transform = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(current), nib.orientations.io_orientation(original)
+        )
+        for key in self.key_iterator(d):
+            lab = d[key]
+            arr = np.asarray(lab.cpu() if torch.is_tensor(lab) else lab)
+            out = np.stack([nib.orientations.apply_orientation(a, transform) for a in arr])
+            t = torch.from_numpy(np.ascontiguousarray(out))
+            meta = dict(lab.meta) if isinstance(lab, MetaTensor) else {}
+            meta["affine"] = torch.as_tensor(original)
+            d[key] = MetaTensor(t, meta=meta)
+        return d

@@ -1,0 +1,131 @@
+"""liver_cascade: MONAI Label app for liver and liver-lesion segmentation in CT.
+
+Bi et al., "Automatic liver lesion detection using cascaded deep residual
+networks" (ISBI 2017 LiTS). Models are discovered from ``lib/configs``, one
+TaskConfig per model, as in MONAI Label's radiology sample app.
+"""
+
+import importlib
+import logging
+import os
+from typing import Dict
+
+import lib.configs
+from fastapi import HTTPException
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.class_utils import get_class_names
+from monailabel.utils.others.generic import strtobool
+
+from lib.conf import AppConf
+from lib.infers import InvalidRequestError
+from lib.model_io import ModelNotReadyError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODELS = "liver_resnet,liver_cascade,vgg_fcn"
+
+
+class LiverCascadeApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.model_dir = os.path.join(app_dir, "model")
+        self.app_conf = AppConf.from_conf(conf)
+
+        configs = {}
+        for c in get_class_names(lib.configs, "TaskConfig"):
+            name = c.split(".")[-2].lower()
+            configs[name] = c
+        configs = dict(sorted(configs.items()))
+
+        wanted = [m.strip() for m in conf.get("models", DEFAULT_MODELS).split(",") if m.strip()]
+        unknown = [m for m in wanted if m not in configs]
+        if unknown:
+            raise ValueError(f"--conf models: unknown {unknown}; available: {sorted(configs)}")
+
+        self.models = {}
+        for name in wanted:
+            module, cls = configs[name].rsplit(".", 1)
+            self.models[name] = getattr(importlib.import_module(module), cls)()
+            self.models[name].init(name, self.model_dir, conf, None)
+        logger.info(f"+++ Using Models: {list(self.models.keys())}; preset {self.app_conf.preset}")
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="liver_cascade",
+            description="Liver and liver-lesion segmentation in CT with cascaded dilated ResNet FCNs",
+            version="1.0.0",
+            labels=None,
+        )
+
+    def init_infers(self) -> Dict[str, InferTask]:
+        infers: Dict[str, InferTask] = {}
+        for name, config in self.models.items():
+            task = config.infer()
+            for k, v in (task if isinstance(task, dict) else {name: task}).items():
+                infers[k] = v
+        return infers
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        trainers: Dict[str, TrainTask] = {}
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return trainers
+        for name, config in self.models.items():
+            t = config.trainer()
+            if t:
+                trainers[name] = t
+        return trainers
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        for config in self.models.values():
+            s = config.strategy()
+            if s:
+                strategies.update(s if isinstance(s, dict) else {s.__class__.__name__.lower(): s})
+        return strategies
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        methods: Dict[str, ScoringMethod] = {}
+        for config in self.models.values():
+            m = config.scoring_method()
+            if m:
+                methods.update(m if isinstance(m, dict) else {m.__class__.__name__.lower(): m})
+        return methods
+
+    def infer(self, request, datastore=None):
+        """MONAI Label's infer, with clear HTTP errors for what the caller can fix."""
+        model = request.get("model")
+        if model not in self._infers:
+            raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(self._infers)}")
+        image = request.get("image")
+        if isinstance(image, str):
+            ds = datastore if datastore else self.datastore()
+            if not image or (not os.path.exists(image) and not ds.get_image_uri(image)):
+                raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+        try:
+            return super().infer(request, datastore)
+        except ModelNotReadyError as e:
+            raise HTTPException(status_code=503, detail=str(e)) from e
+        except InvalidRequestError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
+        except HTTPException:
+            raise
+        except Exception as e:
+            if _is_unreadable_input(e):
+                raise HTTPException(status_code=400, detail=f"Could not read the input image: {e}") from e
+            raise
+
+
+def _is_unreadable_input(e: Exception) -> bool:
+    text = f"{type(e).__name__}: {e}"
+    return any(
+        s in text
+        for s in ("cannot find a suitable reader", "ImageFileError", "Cannot work out file type", "not a gzipped file",
+                  "RuntimeError: Could not create IO object", "EOFError", "Unable to read")
+    )
