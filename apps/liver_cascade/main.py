@@ -13,6 +13,7 @@ from typing import Dict
 import lib.configs
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -98,6 +99,19 @@ class LiverCascadeApp(MONAILabelApp):
                 methods.update(m if isinstance(m, dict) else {m.__class__.__name__.lower(): m})
         return methods
 
+    def on_save_label(self, image_id, label_id):
+        """Count new final labels; with ``auto_train_on_save`` start (or enqueue) a training round."""
+        super().on_save_label(image_id, label_id)
+        if label_id != self.datastore().get_label_by_image_id(image_id, DefaultLabelTag.FINAL):
+            return None
+        self._new_final_labels = getattr(self, "_new_final_labels", 0) + 1
+        if not self.app_conf.auto_train_on_save or self._new_final_labels < self.app_conf.auto_train_after:
+            return None
+        self._new_final_labels = 0
+        models = [m for m in ("liver_resnet", "liver_cascade") if m in self._trainers]
+        logger.info(f"auto_train_on_save: {self.app_conf.auto_train_after} new final label(s); training {models}")
+        return self.async_training(models, enqueue=True) if models else None
+
     def infer(self, request, datastore=None):
         """MONAI Label's infer, with clear HTTP errors for what the caller can fix."""
         model = request.get("model")
@@ -108,6 +122,10 @@ class LiverCascadeApp(MONAILabelApp):
             ds = datastore if datastore else self.datastore()
             if not image or (not os.path.exists(image) and not ds.get_image_uri(image)):
                 raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+            # keep the model's prediction as the 'original' label, so that the
+            # correction_dice scoring can tell how much the annotator changed it
+            if not os.path.exists(image):
+                request.setdefault("save_label", True)
         try:
             return super().infer(request, datastore)
         except ModelNotReadyError as e:

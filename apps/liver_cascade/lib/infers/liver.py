@@ -98,9 +98,11 @@ class LiverSegmentation(BasicInferTask):
         return True
 
     def how_to_train(self) -> str:
+        stages = ["vgg_fcn"] if self.arch == "vgg" else ["liver_resnet"] + (["liver_cascade"] if self.cascade else [])
+        calls = " then ".join(f"`POST /train/{s}`" for s in stages)
         return (
-            f"Train it with `POST /train/{'liver_resnet' if not self.cascade else 'liver_resnet then liver_cascade'}` "
-            "on labelled images (see README, 'Retrain'), or run `make weights` to rebuild the demo weights."
+            f"Train it with {calls} on labelled images (README, 'Retrain'), "
+            "or rebuild the demo weights with `make weights`."
         )
 
     def check_weights(self):

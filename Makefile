@@ -1,0 +1,40 @@
+# liver_cascade: two commands do all the set-up.
+#   make serve   venv + install + sample data + MONAI Label server on 127.0.0.1:8000
+#   make test    the same set-up, then the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+SAMPLE := sample-data/generated
+STUDIES ?= $(SAMPLE)/datastore
+HOST ?= 127.0.0.1
+PORT ?= 8000
+CONF ?=
+
+.PHONY: serve test install sample-data weights benchmark benchmark-gpu clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(INSTALLED): requirements.txt | $(PY)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+	touch $@
+
+install: $(INSTALLED)
+
+$(SAMPLE)/.done: $(INSTALLED) $(wildcard sample-data/*.py)
+	$(PY) sample-data/make_sample_data.py --out $(SAMPLE)
+
+sample-data: $(SAMPLE)/.done
+
+serve: install sample-data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MONAI_LABEL_TRACKING_ENABLED=false \
+	  $(VENV)/bin/monailabel start_server --app apps/liver_cascade --studies $(STUDIES) \
+	  --host $(HOST) --port $(PORT) $(CONF)
+
+test: install sample-data
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests -q -rs
+
+clean:
+	rm -rf $(SAMPLE)

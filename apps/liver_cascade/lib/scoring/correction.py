@@ -1,0 +1,48 @@
+"""How much did annotators correct the model? Dice between the model's original
+prediction (label tag ``original``) and the annotator's ``final`` label, per
+class (liver incl. lesions, lesion), stored in the image info."""
+
+import logging
+
+import numpy as np
+from monai.transforms import LoadImage
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+
+from lib.settings import LABELS
+
+logger = logging.getLogger(__name__)
+
+INFO_KEY = "correction_dice"
+
+
+def class_dice(pred: np.ndarray, ref: np.ndarray) -> dict:
+    out = {}
+    for name, mask in (("liver", lambda x: x >= LABELS["liver"]), ("lesion", lambda x: x == LABELS["lesion"])):
+        p, r = mask(pred), mask(ref)
+        denom = int(p.sum()) + int(r.sum())
+        out[name] = 1.0 if denom == 0 else float(2.0 * np.logical_and(p, r).sum() / denom)
+    return out
+
+
+class CorrectionDice(ScoringMethod):
+    def __init__(self):
+        super().__init__("Per-class Dice between the model's original prediction and the final label")
+
+    def __call__(self, request, datastore: Datastore):
+        loader = LoadImage(image_only=True)
+        result = {}
+        for image_id in datastore.get_labeled_images(DefaultLabelTag.FINAL):
+            final_id = datastore.get_label_by_image_id(image_id, DefaultLabelTag.FINAL)
+            orig_id = datastore.get_label_by_image_id(image_id, DefaultLabelTag.ORIGINAL)
+            if not final_id or not orig_id:
+                continue
+            ref = np.asarray(loader(datastore.get_label_uri(final_id, DefaultLabelTag.FINAL)))
+            pred = np.asarray(loader(datastore.get_label_uri(orig_id, DefaultLabelTag.ORIGINAL)))
+            if ref.shape != pred.shape:
+                logger.warning(f"{image_id}: original {pred.shape} and final {ref.shape} differ in shape; skipped")
+                continue
+            dice = class_dice(np.rint(pred).astype(np.int16), np.rint(ref).astype(np.int16))
+            datastore.update_image_info(image_id, {INFO_KEY: dice})
+            result[image_id] = dice
+        return result

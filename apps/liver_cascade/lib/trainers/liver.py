@@ -1,0 +1,444 @@
+"""Train tasks: the paper's 2D recipe on slices of the datastore's 3D volumes.
+
+``liver_resnet`` and ``vgg_fcn`` learn from the image alone; ``liver_cascade``
+learns from (image, stage-one lesion map, stage-one liver map), the maps being
+computed once per run with the current stage-one model and cached on disk.
+Validation runs the real slice-wise inference on held-out volumes and reports
+per-volume liver and lesion Dice; the best model is published atomically to the
+file the infer task reads, so the running server picks it up on its next request.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from ignite.engine import Events
+from monai.handlers import IgniteMetricHandler, LrScheduleHandler, from_engine
+from monai.inferers import Inferer
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.transforms import (
+    Activationsd,
+    AsDiscreted,
+    EnsureChannelFirstd,
+    EnsureTyped,
+    Lambdad,
+    LoadImaged,
+    Orientationd,
+    RandFlipd,
+    RandZoomd,
+    Resized,
+    SpatialPadd,
+)
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+
+from lib.conf import AppConf
+from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
+from lib.networks import build_network
+from lib.settings import LABELS, NUM_CLASSES, PRESETS, model_filename
+from lib.transforms.inference import predict_slices
+from lib.transforms.slices import LoadStageOneMapsd, SampleAxialSlicesd, SimulateCorrectedLiverd
+from lib.transforms.transforms import hu_window
+
+logger = logging.getLogger(__name__)
+
+# The paper's recipe (Bi et al. 2017); every key can be overridden per request.
+RECIPE = {
+    "max_epochs": 100,
+    "train_batch_size": 10,
+    "val_batch_size": 1,
+    "lr": 0.0016,  # fixed for the first phase
+    "lr_decay_from": 0.0008,  # linear decay to 0 in the second phase
+    "first_phase": 0.6,  # 60 of 100 epochs, scaled to max_epochs
+    "momentum": 0.9,
+    "weight_decay": 0.0005,
+    "samples_per_volume": 10,
+    "lesion_ratio": 1.0,
+    "none_ratio": 1.0,
+    "liver_ratio": 0.0,
+    "dice_weight": 0.0,  # 0: per-pixel cross-entropy only (the paper)
+    "zoom": "0.8,1.2",
+    "flip_prob": 0.5,
+    "val_split": 0.2,
+    "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
+    "dataset": "CacheDataset",
+    "dataloader": "DataLoader",
+}
+
+
+def lr_factor(epoch: int, max_epochs: int, lr: float, lr2: float, first_phase: float) -> float:
+    """Multiplier of ``lr`` at ``epoch`` (0-based): fixed, then linear from lr2 to 0."""
+    first = max(1, int(round(first_phase * max_epochs)))
+    if epoch < first:
+        return 1.0
+    rest = max(1, max_epochs - first)
+    return (lr2 / lr) * max(0.0, 1.0 - (epoch - first) / rest)
+
+
+class SliceVolumeInferer(Inferer):
+    """Validation on whole volumes with the same slice-wise code as inference."""
+
+    def __init__(self, scales, batch_size=16):
+        self.scales = scales
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
+        vol = inputs[0]  # (C, X, Y, Z)
+        c, h, w, n = vol.shape
+        was_training = network.training
+        network.eval()
+        probs = predict_slices(
+            network, lambda idx: vol[..., idx].permute(3, 0, 1, 2), n, (h, w), self.scales, self.batch_size,
+            device=vol.device,
+        )
+        network.train(was_training)
+        return probs.float()[None]
+
+
+def to_liver_lesion(x: torch.Tensor) -> torch.Tensor:
+    """(1, ...) labels -> (2, ...) binary: whole liver (1 or 2), lesion (2)."""
+    return torch.cat([x >= LABELS["liver"], x == LABELS["lesion"]]).float()
+
+
+class LiverSliceTrainer(BasicTrainTask):
+    def __init__(self, model_dir: str, app_conf: AppConf, task: str, arch: str, in_channels: int,
+                 description: str = "", **kwargs):
+        self.app_conf = app_conf
+        self.task = task
+        self.arch = arch
+        self.in_channels = in_channels
+        self.preset = app_conf.preset
+        self.publish_file = os.path.join(model_dir, model_filename(task, self.preset))
+        config = dict(RECIPE)
+        config.update({"name": f"train_{task}", "tracking": app_conf.tracking, "pretrained": True})
+        tracking_uri = ""
+        if app_conf.tracking == "mlflow":  # a local sqlite store: MONAI Label's file:// default is rejected
+            tracking_uri = "sqlite:///" + os.path.join(model_dir, "mlflow.db")
+        super().__init__(
+            model_dir=model_dir,
+            description=description,
+            config=config,
+            amp=torch.cuda.is_available(),
+            publish_path=None,  # we publish our own checkpoint format (atomic) in finalize()
+            stats_path=os.path.join(model_dir, f"{task}_{self.preset}_stats.json"),
+            key_metric_filename=f"{task}_key_metric.pt",
+            labels=dict(LABELS),
+            tracking="mlflow" if app_conf.tracking == "mlflow" else None,
+            tracking_uri=tracking_uri,
+            **kwargs,
+        )
+
+    # -- network, optimiser, loss ---------------------------------------------
+    def network(self, context: Context):
+        net = build_network(self.arch, self.preset, self.in_channels)
+        init = context.request.get("pretrained_path") or self.app_conf.pretrained_path
+        resume = context.request.get("pretrained", True) and os.path.exists(self.publish_file)
+        path = self.publish_file if resume else init
+        if path:
+            if not os.path.exists(path):
+                raise ModelNotReadyError(f"pretrained_path {path} does not exist (no download is attempted)")
+            src, _ = load_checkpoint(path)
+            missing, unexpected = net.load_state_dict(src.state_dict(), strict=False)
+            logger.info(f"Initialised {self.task} from {path} (missing {len(missing)}, unexpected {len(unexpected)})")
+        return net
+
+    def optimizer(self, context: Context):
+        r = context.request
+        return torch.optim.SGD(context.network.parameters(), lr=float(r["lr"]), momentum=float(r["momentum"]),
+                               weight_decay=float(r["weight_decay"]))
+
+    def lr_scheduler_handler(self, context: Context):
+        r = context.request
+        lr, lr2, first, epochs = float(r["lr"]), float(r["lr_decay_from"]), float(r["first_phase"]), int(r["max_epochs"])
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            context.optimizer, lambda e: lr_factor(e, epochs, lr, lr2, first)
+        )
+        return LrScheduleHandler(sched, print_lr=True, epoch_level=True)
+
+    def loss_function(self, context: Context):
+        w = float(context.request.get("dice_weight", 0.0))
+        return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=w, lambda_ce=1.0, include_background=False)
+
+    def _load_checkpoint(self, context, train_handlers):
+        return  # initialisation happens in network(): our own checkpoint format
+
+    # -- data -------------------------------------------------------------------
+    def _volume_transforms(self, context: Context) -> List[Any]:
+        t: List[Any] = [
+            LoadImaged(keys=("image", "label"), image_only=False),
+            EnsureChannelFirstd(keys=("image", "label")),
+            Orientationd(keys=("image", "label"), axcodes="RAS"),
+            hu_window("image"),
+        ]
+        if self.in_channels == 3:
+            t.append(LoadStageOneMapsd(keys="image"))
+        t.append(EnsureTyped(keys=("image", "label"), track_meta=False))
+        return t
+
+    def train_pre_transforms(self, context: Context):
+        r = context.request
+        base = PRESETS[self.preset].base_size
+        zmin, zmax = (float(z) for z in str(r["zoom"]).split(","))
+        t = self._volume_transforms(context) + [
+            SampleAxialSlicesd(
+                keys=("image", "label"),
+                num_samples=int(r["samples_per_volume"]),
+                ratios={"lesion": float(r["lesion_ratio"]), "none": float(r["none_ratio"]),
+                        "liver": float(r["liver_ratio"])},
+            ),
+            Resized(keys=("image", "label"), spatial_size=base, size_mode="longest", mode=("bilinear", "nearest")),
+            SpatialPadd(keys=("image", "label"), spatial_size=(base, base)),
+            RandZoomd(keys=("image", "label"), prob=0.8, min_zoom=zmin, max_zoom=zmax, keep_size=True,
+                      mode=("bilinear", "nearest")),
+            RandFlipd(keys=("image", "label"), prob=float(r["flip_prob"]), spatial_axis=0),
+            RandFlipd(keys=("image", "label"), prob=float(r["flip_prob"]), spatial_axis=1),
+        ]
+        if self.in_channels == 3:
+            t.append(SimulateCorrectedLiverd(keys="image", prob=float(r["corrected_liver_prob"])))
+        t.append(EnsureTyped(keys=("image", "label"), dtype=(torch.float32, torch.long), track_meta=False))
+        return t
+
+    def train_data_loader(self, context, num_workers=0, shuffle=True):
+        # train_batch_size counts slices (the paper's batch of 10); each volume yields samples_per_volume
+        per_volume = int(context.request["samples_per_volume"])
+        volumes = max(1, int(context.train_batch_size) // max(1, per_volume))
+        dataset, datalist = self._dataset(context, context.train_datalist, is_train=True)
+        logger.info(f"{self.task}: {len(datalist)} training volumes, {volumes} volume(s) x {per_volume} slices per batch")
+        return self._dataloader(context, dataset, volumes, num_workers, shuffle)
+
+    def train_post_transforms(self, context: Context):
+        return [
+            Activationsd(keys="pred", softmax=True),
+            AsDiscreted(keys="pred", argmax=True),
+            Lambdad(keys=("pred", "label"), func=to_liver_lesion),
+        ]
+
+    def val_pre_transforms(self, context: Context):
+        return self._volume_transforms(context)
+
+    def val_post_transforms(self, context: Context):
+        return self.train_post_transforms(context)[1:]  # the inferer returns probabilities
+
+    def val_inferer(self, context: Context):
+        return SliceVolumeInferer(self.app_conf.scales[:1], self.app_conf.batch_size)
+
+    def train_key_metric(self, context: Context):
+        return {"train_dice": lits_dice(from_engine(["pred", "label"]))}
+
+    def val_key_metric(self, context: Context):
+        return {"val_mean_dice": lits_dice(from_engine(["pred", "label"]))}
+
+    def val_additional_metrics(self, context: Context):
+        def channel(c):
+            return lambda x: ([o["pred"][c : c + 1] for o in _as_list(x)], [o["label"][c : c + 1] for o in _as_list(x)])
+
+        return {"val_liver_dice": lits_dice(channel(0)), "val_lesion_dice": lits_dice(channel(1))}
+
+    def partition_datalist(self, context: Context, shuffle=False):
+        datalist = list(context.datalist)
+        val_split = float(context.request.get("val_split", 0.2))
+        if context.request.get("val_ds") or context.request.get("train_ds"):
+            return super().partition_datalist(context, shuffle)
+        n_val = int(round(val_split * len(datalist))) if val_split > 0 else 0
+        if val_split > 0 and len(datalist) >= 2:
+            n_val = max(1, n_val)
+        # deterministic split by image name, so rounds are comparable
+        datalist.sort(key=lambda d: hashlib.md5(os.path.basename(d["image"]).encode()).hexdigest())
+        val, train = datalist[:n_val], datalist[n_val:]
+        logger.info(f"{self.task}: {len(train)} training volumes, {len(val)} validation volumes")
+        return train, val
+
+    def pre_process(self, request, datastore: Datastore):
+        datalist = datastore.datalist()
+        if not datalist:
+            raise ValueError("No image has a final label in the datastore: save a label with tag 'final' first")
+        return datalist
+
+    # -- publishing and progress ---------------------------------------------------
+    def finalize(self, context: Context):
+        super().finalize(context)
+        if context.local_rank != 0:
+            return
+        progress = TrainingProgress(self, context)
+        engine = context.evaluator if context.evaluator else context.trainer
+        engine.add_event_handler(Events.EPOCH_COMPLETED, progress)
+        context.trainer.add_event_handler(Events.ITERATION_COMPLETED, progress.on_iteration)
+        context.trainer.add_event_handler(Events.COMPLETED, progress.on_completed)
+
+    def stats(self):
+        if os.path.exists(self._stats_path):
+            with open(self._stats_path) as f:
+                return json.load(f)
+        return {}
+
+
+def lits_dice(output_transform):
+    """Mean per-volume Dice; 1 when prediction and reference are both empty (LiTS)."""
+    return IgniteMetricHandler(
+        metric_fn=DiceMetric(include_background=True, reduction="mean", ignore_empty=False),
+        output_transform=output_transform,
+    )
+
+
+def _as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+class TrainingProgress:
+    """Per-epoch log line, stats JSON, learning-curve PNG, and atomic publishing of the best model."""
+
+    def __init__(self, task: LiverSliceTrainer, context: Context):
+        self.task = task
+        self.context = context
+        self.history: List[Dict[str, Any]] = []
+        self.losses: List[float] = []
+        self.best: Optional[float] = None
+        self.start = time.time()
+        self.curve_path = os.path.join(os.path.dirname(task.publish_file), f"{task.task}_{task.preset}_curve.png")
+
+    def on_iteration(self, engine):
+        out = engine.state.output
+        loss = out[0]["loss"] if isinstance(out, list) else out["loss"]
+        self.losses.append(float(loss))
+        self.lr = self.context.optimizer.param_groups[0]["lr"]
+
+    def __call__(self, engine):
+        ctx = self.context
+        trainer = ctx.trainer
+        epoch = trainer.state.epoch
+        metrics = {k: float(v) for k, v in engine.state.metrics.items() if isinstance(v, (int, float))}
+        if ctx.evaluator is None:
+            metrics.update({k: float(v) for k, v in trainer.state.metrics.items() if isinstance(v, (int, float))})
+        row = {
+            "epoch": epoch,
+            "loss": float(np.mean(self.losses)) if self.losses else None,
+            "lr": getattr(self, "lr", ctx.optimizer.param_groups[0]["lr"]),
+            "time_s": round(time.time() - self.start, 1),
+            **metrics,
+        }
+        self.losses = []
+        self.history.append(row)
+        key = "val_mean_dice" if ctx.evaluator is not None else "train_dice"
+        score = metrics.get(key, -1.0)
+        published = False
+        if self.best is None or score >= self.best:
+            self.best = score
+            save_checkpoint(
+                self.task.publish_file, ctx.network, self.task.arch, self.task.preset, self.task.in_channels,
+                meta={"task": self.task.task, "epoch": epoch, key: score, "run_id": ctx.run_id,
+                      "trained_on": len(ctx.train_datalist), "validated_on": len(ctx.val_datalist or []),
+                      "published_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            )
+            published = True
+        row["published"] = published
+        logger.info(
+            f"[{self.task.task}] epoch {epoch}/{ctx.max_epochs} loss {row['loss']:.4f} lr {row['lr']:.5f} "
+            + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            + (" -> published " + os.path.basename(self.task.publish_file) if published else "")
+        )
+        self.write()
+
+    def on_completed(self, engine):
+        self.write(final=True)
+
+    def write(self, final=False):
+        stats = {
+            "task": self.task.task,
+            "preset": self.task.preset,
+            "run_id": self.context.run_id,
+            "epoch": self.context.trainer.state.epoch,
+            "max_epochs": self.context.max_epochs,
+            "best_metric": self.best,
+            "history": self.history,
+            "model": self.task.publish_file,
+            "done": final,
+        }
+        os.makedirs(os.path.dirname(self.task._stats_path), exist_ok=True)
+        tmp = self.task._stats_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(stats, f, indent=2)
+        os.replace(tmp, self.task._stats_path)
+        plot_learning_curve(self.history, self.curve_path, title=f"{self.task.task} ({self.task.preset})")
+
+
+def plot_learning_curve(history: List[Dict[str, Any]], path: str, title: str = "") -> Optional[str]:
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax1 = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:gray", label="train loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss")
+    ax2 = ax1.twinx()
+    for key, color in (("val_liver_dice", "tab:red"), ("val_lesion_dice", "tab:orange"), ("train_dice", "tab:blue")):
+        if any(key in h for h in history):
+            ax2.plot(epochs, [h.get(key, np.nan) for h in history], color=color, label=key)
+    ax2.set_ylim(0, 1)
+    ax2.set_ylabel("Dice")
+    lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax1.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax1.legend(lines, labels, loc="center right", fontsize=8)
+    ax1.set_title(title)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+class CascadeSliceTrainer(LiverSliceTrainer):
+    """Stage two: adds stage one's maps to every training/validation volume."""
+
+    def __init__(self, model_dir: str, app_conf: AppConf, description: str = "", **kwargs):
+        super().__init__(model_dir, app_conf, task="liver_cascade", arch="resnet", in_channels=3,
+                         description=description, **kwargs)
+        self.stage1_file = os.path.join(model_dir, model_filename("liver_resnet", app_conf.preset))
+        self.maps_dir = os.path.join(model_dir, "train_liver_cascade", "stage1_maps")
+
+    def pre_process(self, request, datastore: Datastore):
+        datalist = super().pre_process(request, datastore)
+        if not os.path.exists(self.stage1_file):
+            raise ModelNotReadyError(
+                f"The cascade trains on stage one's maps, but {self.stage1_file} is missing: train liver_resnet first"
+            )
+        return cache_stage1_maps(datalist, self.stage1_file, self.maps_dir, self.app_conf)
+
+
+def cache_stage1_maps(datalist, stage1_file: str, maps_dir: str, app_conf: AppConf):
+    """Compute stage one's (lesion, liver) maps once per model version and volume."""
+    os.makedirs(maps_dir, exist_ok=True)
+    net, info = ModelCache().get(stage1_file, "cuda" if torch.cuda.is_available() else "cpu")
+    device = next(net.parameters()).device
+    tag = f"{int(info['mtime'])}"
+    loader = [LoadImaged(keys="image", image_only=False), EnsureChannelFirstd(keys="image"),
+              Orientationd(keys="image", axcodes="RAS"), hu_window("image")]
+    out = []
+    for d in datalist:
+        name = hashlib.md5(os.path.abspath(d["image"]).encode()).hexdigest()[:12]
+        path = os.path.join(maps_dir, f"{name}_{tag}.npy")
+        if not os.path.exists(path):
+            x = {"image": d["image"]}
+            for t in loader:
+                x = t(x)
+            vol = x["image"][0].as_tensor().float().to(device)
+            h, w, n = vol.shape
+            p = predict_slices(net, lambda idx: vol[..., idx].permute(2, 0, 1)[:, None], n, (h, w),
+                               app_conf.scales[:1], app_conf.batch_size, device=device)
+            maps = torch.stack([p[2], (p[1].float() + p[2].float()).clamp(0, 1).half()]).cpu().numpy()
+            np.save(path + ".tmp.npy", maps)
+            os.replace(path + ".tmp.npy", path)
+        out.append({**d, "maps": path})
+    logger.info(f"Stage-one maps ready for {len(out)} volumes in {maps_dir}")
+    return out

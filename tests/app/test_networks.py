@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from lib.networks import build_network
+from lib.settings import PRESETS
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+def test_paper_preset_matches_table1():
+    net = build_network("resnet", "paper", 1)
+    trunk = sum(n_params(getattr(net, n)) for n in ("conv1", "layer2", "layer3", "layer4", "layer5", "layer6", "layer7"))
+    # ResNet-38 trunk of Table 1: ~105 M; the dilated 3x3 512 head adds 18.9 M
+    assert 104e6 < trunk < 106e6
+    assert 123e6 < n_params(net) < 125e6
+    assert net.layer7.conv3.out_channels == 4096 and net.head[0].dilation == (12, 12)
+    assert len(net.layer4) == 6 and net.layer5[0].conv1.dilation == (2, 2) and net.layer6.conv2.dilation == (4, 4)
+
+
+@pytest.mark.parametrize("preset", ["paper", "lite"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_resnet_fcn_full_resolution(preset, in_channels):
+    net = build_network("resnet", preset, in_channels).eval()
+    with torch.inference_mode():
+        out = net(torch.rand(2, in_channels, 40, 52))
+    assert out.shape == (2, 3, 40, 52)
+
+
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_output_stride_8_and_odd_sizes(in_channels):
+    net = build_network("resnet", "lite", in_channels).eval()
+    with torch.inference_mode():
+        assert net(torch.rand(1, in_channels, 37, 45)).shape == (1, 3, 37, 45)
+    assert net.output_stride == 8
+
+
+@pytest.mark.parametrize("preset", ["paper", "lite"])
+def test_vgg_fcn_contract(preset):
+    net = build_network("vgg", preset, 3).eval()
+    with torch.inference_mode():
+        assert net(torch.rand(1, 3, 70, 90)).shape == (1, 3, 70, 90)
+
+
+def test_presets_declare_scales():
+    assert PRESETS["paper"].default_scales == (512, 544, 576, 608, 640)
+    for p in PRESETS.values():
+        assert p.default_scales[0] == p.base_size
+        assert all(s % 8 == 0 for s in p.all_scales)

@@ -1,0 +1,72 @@
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from lib.infers.liver import write_label
+from lib.transforms.inference import predict_slices
+from lib.transforms.transforms import fill_holes_per_slice, fill_label_holes
+
+
+def test_fill_holes_2d_per_slice():
+    m = np.zeros((9, 9, 3), bool)
+    m[2:7, 2:7, 1] = True
+    m[4, 4, 1] = False  # a 2D hole
+    out = fill_holes_per_slice(m, axis=-1)
+    assert out[4, 4, 1] and out.sum() == 25
+
+
+def test_3d_cavity_not_bridged_across_slices():
+    # a cavity that is open in its own axial slice stays open, even where 3D closes it
+    t = np.zeros((9, 9, 7), bool)
+    t[2:7, 2:7, :] = True
+    t[4, 2:7, 3] = False  # slot open to the side in slice 3
+    t[4, 4, :] = False  # tunnel along z
+    out = fill_holes_per_slice(t, axis=-1)
+    assert not out[4, 4, 3]  # open in its slice: not filled
+    assert out[4, 4, 2]  # closed in its own slice: filled
+
+
+def test_fill_label_holes_lesion_counts_as_liver():
+    lab = np.zeros((11, 11, 1), np.uint8)
+    lab[1:10, 1:10] = 1
+    lab[3:8, 3:8] = 2
+    lab[5, 5] = 0  # hole inside the lesion -> lesion
+    lab[2, 2] = 0  # hole in the liver -> liver
+    out = fill_label_holes(lab)
+    assert out[5, 5, 0] == 2 and out[2, 2, 0] == 1
+    assert set(np.unique(out)) == {0, 1, 2}
+
+
+def test_multiscale_equal_scales_equals_single_scale():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1)).eval()
+    vol = torch.rand(40, 30, 5)
+
+    def inp(idx):
+        return vol[..., idx].permute(2, 0, 1)[:, None]
+
+    single = predict_slices(net, inp, 5, (40, 30), [48], batch_size=2)
+    multi = predict_slices(net, inp, 5, (40, 30), [48, 48, 48], batch_size=3)
+    assert single.shape == (3, 40, 30, 5)
+    assert torch.allclose(single.float(), multi.float(), atol=1e-3)
+    assert torch.allclose(single.float().sum(0), torch.ones(40, 30, 5), atol=1e-2)
+
+
+@pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])
+def test_label_writer_geometry_round_trip(tmp_path, ext):
+    import SimpleITK as sitk
+
+    aff = np.array([[0.0, 0.0, -2.5, 30.0], [-0.7, 0.0, 0.0, 10.0], [0.0, 0.8, 0.0, -5.0], [0, 0, 0, 1]])
+    lab = np.random.default_rng(0).integers(0, 3, (6, 7, 5)).astype(np.uint8)
+    path = write_label(lab, aff, str(tmp_path / f"x{ext}"))
+    img = sitk.ReadImage(path)
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    assert np.array_equal(arr, lab)
+    # ITK's LPS geometry equals our RAS affine
+    direction = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())[None]
+    lps = np.diag([-1, -1, 1]) @ aff[:3, :3]
+    assert np.allclose(direction, lps, atol=1e-5)
+    assert np.allclose(np.array(img.GetOrigin()), np.diag([-1, -1, 1]) @ aff[:3, 3], atol=1e-4)
+    if ext == ".nii.gz":
+        assert np.allclose(nib.load(path).affine, aff, atol=1e-5)
