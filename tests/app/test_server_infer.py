@@ -1,0 +1,111 @@
+"""End to end: a real `monailabel start_server` subprocess and real HTTP."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from requests_toolbelt.multipart import decoder
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory):
+    import phantom
+
+    d = tmp_path_factory.mktemp("studies")
+    # non-RAS orientation, anisotropic spacing, odd slice count
+    specs = {"lps_odd": dict(seed=3, orientation="LPS", n_slices=13), "permuted": dict(seed=4, orientation="permuted", n_slices=10)}
+    for name, kw in specs.items():
+        p = phantom.generate_phantom(shape_xy=(96, 96), spacing=(3.6, 3.6, 5.0), **kw)
+        nib.save(nib.Nifti1Image(p.image, p.affine), str(d / f"{name}.nii.gz"))
+    (d / "broken.nii.gz").write_bytes(b"this is not a nifti file")
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, studies):
+    from conftest import Server, copy_app, write_untrained_weights
+
+    tmp = tmp_path_factory.mktemp("srv")
+    app = copy_app(tmp / "app", with_weights=False)
+    write_untrained_weights(app / "model")
+    s = Server(app, studies, {"models": "liver_resnet,liver_cascade,vgg_fcn", "skip_trainers": "true"}, tmp / "server.log")
+    yield s
+    s.stop()
+
+
+def infer(server, model, image, params=None, ext=None):
+    p = dict(params or {})
+    if ext:
+        p["result_extension"] = ext
+    return requests.post(f"{server.url}/infer/{model}", params={"image": image}, data={"params": json.dumps(p)},
+                         timeout=300)
+
+
+def parts(resp):
+    out = {}
+    for part in decoder.MultipartDecoder.from_response(resp).parts:
+        disp = part.headers[b"Content-Disposition"].decode()
+        out["params" if 'name="params"' in disp else "image"] = part.content
+    return json.loads(out["params"]), out.get("image")
+
+
+def test_info_lists_models_and_labels(server):
+    info = requests.get(server.url + "/info/", timeout=10).json()
+    for m in ("liver_resnet", "liver_cascade"):
+        assert info["models"][m]["labels"] == {"liver": 1, "lesion": 2}
+        assert set(info["models"][m]["label_colors"]) == {"liver", "lesion"}
+    assert info["models"]["liver_cascade"]["config"]["scales"]
+    assert info["labels"] == ["liver", "lesion"]
+
+
+@pytest.mark.parametrize("image", ["lps_odd", "permuted"])
+@pytest.mark.parametrize("model", ["liver_resnet", "liver_cascade"])
+def test_infer_keeps_geometry(server, studies, tmp_path, model, image):
+    r = infer(server, model, image)
+    assert r.status_code == 200, r.text
+    params, data = parts(r)
+    assert params["label_names"] == {"liver": 1, "lesion": 2}
+    assert set(params["latencies"]) >= {"pre", "infer", "post", "write", "total"}
+    out = tmp_path / "out.nii.gz"
+    out.write_bytes(data)
+    ref, lab = nib.load(str(studies / f"{image}.nii.gz")), nib.load(str(out))
+    assert lab.shape == ref.shape
+    assert np.allclose(lab.affine, ref.affine, atol=1e-4)
+    assert lab.get_data_dtype() == np.uint8
+    assert set(np.unique(np.asarray(lab.dataobj))) <= {0, 1, 2}
+    if model == "liver_cascade":
+        assert "lesion_report" in params and "liver_volume_ml" in params["lesion_report"]
+
+
+def test_infer_nrrd_for_slicer(server, studies, tmp_path):
+    import SimpleITK as sitk
+
+    r = infer(server, "liver_cascade", "lps_odd", {"result_dtype": "uint8"}, ext=".nrrd")
+    assert r.status_code == 200, r.text
+    _, data = parts(r)
+    (tmp_path / "o.nrrd").write_bytes(data)
+    lab = sitk.ReadImage(str(tmp_path / "o.nrrd"))
+    ref = sitk.ReadImage(str(studies / "lps_odd.nii.gz"))
+    assert lab.GetSize() == ref.GetSize()
+    assert np.allclose(lab.GetDirection(), ref.GetDirection(), atol=1e-5)
+    assert np.allclose(lab.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+    assert np.allclose(lab.GetSpacing(), ref.GetSpacing(), atol=1e-5)
+
+
+def test_multiscale_request(server):
+    r = infer(server, "liver_cascade", "lps_odd", {"scales": "192,208,224"})
+    assert r.status_code == 200, r.text
+    assert parts(r)[0]["scales"] == [192, 208, 224]
+
+
+def test_bad_requests_get_4xx_and_server_keeps_serving(server):
+    assert infer(server, "liver_cascade", "no_such_image").status_code == 404
+    assert infer(server, "no_such_model", "lps_odd").status_code == 404
+    assert infer(server, "liver_cascade", "lps_odd", {"scales": "abc"}).status_code == 400
+    assert infer(server, "liver_cascade", "broken").status_code == 400
+    missing = infer(server, "vgg_fcn", "lps_odd")  # no weights for this one
+    assert missing.status_code == 503
+    assert "vgg_fcn_lite.pt" in missing.json()["detail"] and "train" in missing.json()["detail"].lower()
+    assert infer(server, "liver_resnet", "lps_odd").status_code == 200
