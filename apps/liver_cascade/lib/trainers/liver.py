@@ -255,7 +255,11 @@ class LiverSliceTrainer(BasicTrainTask):
         return train, val
 
     def pre_process(self, request, datastore: Datastore):
-        datalist = datastore.datalist()
+        for key in ("train_ds", "val_ds"):  # explicit datalists (JSON files or lists) replace the datastore's
+            if isinstance(request.get(key), str):
+                with open(request[key]) as f:
+                    request[key] = json.load(f)
+        datalist = request.get("train_ds") or datastore.datalist()
         if not datalist:
             raise ValueError("No image has a final label in the datastore: save a label with tag 'final' first")
         return datalist
@@ -413,6 +417,9 @@ class CascadeSliceTrainer(LiverSliceTrainer):
             raise ModelNotReadyError(
                 f"The cascade trains on stage one's maps, but {self.stage1_file} is missing: train liver_resnet first"
             )
+        for key in ("train_ds", "val_ds"):
+            if request.get(key):
+                request[key] = cache_stage1_maps(request[key], self.stage1_file, self.maps_dir, self.app_conf)
         return cache_stage1_maps(datalist, self.stage1_file, self.maps_dir, self.app_conf)
 
 

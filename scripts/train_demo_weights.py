@@ -1,0 +1,100 @@
+"""Train the `lite` demo weights on phantoms + labelled real CT, then evaluate on a held-out real patient.
+
+    .venv/bin/python scripts/train_demo_weights.py --holdout hcc_0697 --model-dir apps/liver_cascade/model
+
+The real CT is read from ../shared/real-ct/nifti and never copied into the
+project. Datalists, stage-one caches and predictions go to data-local/
+(git-ignored). The evaluation JSON/Markdown goes to --results.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "liver_cascade"
+sys.path.insert(0, str(APP))
+
+REAL = {  # labelled real cases in ../shared/real-ct/nifti
+    "hcc_2022": ("hcc_2022_ap.nii.gz", "hcc_2022_ap_label.nii.gz"),
+    "hcc_0697": ("hcc_0697_eqp.nii.gz", "hcc_0697_eqp_label.nii.gz"),
+}
+
+
+def datalists(real_dir: Path, phantoms: Path, holdout: str, repeat_real: int, n_val_phantoms: int, work: Path):
+    vols = sorted(phantoms.glob("volume-*.nii.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
+    items = [{"image": str(v), "label": str(v.with_name(v.name.replace("volume", "segmentation")))} for v in vols]
+    val, train = items[:n_val_phantoms], items[n_val_phantoms:]
+    for name, (img, lab) in REAL.items():
+        if name != holdout:
+            train += [{"image": str(real_dir / img), "label": str(real_dir / lab)}] * repeat_real
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "train.json").write_text(json.dumps(train, indent=1))
+    (work / "val.json").write_text(json.dumps(val, indent=1))
+    return work / "train.json", work / "val.json"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--holdout", default="hcc_0697", choices=sorted(REAL) + ["none"])
+    ap.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "real-ct" / "nifti"))
+    ap.add_argument("--phantoms", default=str(ROOT / "data-local" / "phantom-train" / "lits"))
+    ap.add_argument("--model-dir", default=str(APP / "model"))
+    ap.add_argument("--work", default=str(ROOT / "data-local" / "demo"))
+    ap.add_argument("--epochs1", type=int, default=40)
+    ap.add_argument("--epochs2", type=int, default=25)
+    ap.add_argument("--repeat-real", type=int, default=6)
+    ap.add_argument("--val-phantoms", type=int, default=2)
+    ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args(argv)
+
+    work = Path(args.work) / f"holdout_{args.holdout}"
+    train_ds, val_ds = datalists(Path(args.real_dir), Path(args.phantoms), args.holdout, args.repeat_real,
+                                 args.val_phantoms, work)
+    common = ["--samples_per_volume", "10", "--train_batch_size", "10", "--liver_ratio", "1.0",
+              "--dataset", "CacheDataset", "--pretrained", "false"]
+    timings = {}
+    if not args.skip_train:
+        for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
+            t0 = time.time()
+            cmd = [sys.executable, "-m", "lib.trainers.cli", "--models", model, "--model_dir", args.model_dir,
+                   "--train_ds", str(train_ds), "--val_ds", str(val_ds), "--max_epochs", str(epochs)] + common
+            print(" ".join(cmd), flush=True)
+            subprocess.run(cmd, cwd=str(APP), check=True)
+            timings[model] = round(time.time() - t0, 1)
+
+    if args.holdout == "none":
+        return 0
+    from lib.evaluation.metrics import evaluate_case
+    from lib.evaluation.predict import load_label, make_task, predict_file
+    import nibabel as nib
+    import numpy as np
+
+    img, lab = REAL[args.holdout]
+    img, lab = Path(args.real_dir) / img, Path(args.real_dir) / lab
+    ref = load_label(str(lab))
+    spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
+    results = {"holdout": args.holdout, "train_seconds": timings, "rows": {}}
+    for model in ("liver_resnet", "liver_cascade"):
+        task = make_task(model, args.model_dir)
+        out = work / f"pred_{model}.nii.gz"
+        t0 = time.time()
+        res = predict_file(task, str(img), str(out))
+        m = evaluate_case(load_label(str(out)), ref, spacing)
+        results["rows"][model] = {k: m[k] for k in ("liver_dice", "lesion_dice", "liver_assd_mm", "liver_msd_mm",
+                                                    "n_ref_lesions", "n_pred_lesions", "detected_iou0")}
+        results["rows"][model]["infer_seconds"] = round(time.time() - t0, 2)
+        print(model, json.dumps(results["rows"][model]), flush=True)
+    Path(args.results).mkdir(parents=True, exist_ok=True)
+    name = f"demo_holdout_{args.holdout}.json"
+    (Path(args.results) / name).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

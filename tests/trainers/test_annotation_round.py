@@ -1,0 +1,100 @@
+"""One full annotation round through the real server over HTTP, on phantoms:
+next sample -> infer -> save a corrected final label -> train briefly ->
+the published model changed and the next inference used it."""
+
+import json
+import os
+import shutil
+
+import nibabel as nib
+import numpy as np
+import requests
+
+
+def wait_idle(url, task, timeout=600):
+    import time
+
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        r = requests.get(f"{url}/{task}/", params={"check_if_running": "true"}, timeout=30)
+        if r.status_code != 200:  # 404: nothing running
+            return
+        time.sleep(1)
+    raise TimeoutError(f"{task} still running")
+
+
+def test_annotation_round(tmp_path, server_factory):
+    import phantom
+
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    refs = {}
+    for i in range(4):
+        p = phantom.generate_phantom(20 + i, shape_xy=(96, 96), spacing=(3.6, 3.6, 5.0), n_slices=9 + i,
+                                     orientation=["RAS", "LPS"][i % 2])
+        p.save_nifti(str(studies / f"case{i}.nii.gz"),
+                     str(studies / "labels" / "final" / f"case{i}.nii.gz") if i < 2 else None)
+        refs[f"case{i}"] = p
+    srv = server_factory(studies, {"models": "liver_resnet,liver_cascade"})
+    url = srv.url
+
+    # active learning: our uncertainty strategy picks an unlabeled image
+    nxt = requests.post(f"{url}/activelearning/uncertainty", json={}, timeout=300)
+    assert nxt.status_code == 200, nxt.text
+    image = nxt.json()["id"]
+    assert image in ("case2", "case3")
+    info = requests.get(f"{url}/datastore/image/info", params={"image": image}, timeout=30).json()
+    assert 0.0 <= info["liver_uncertainty"]["score"] <= 1.0
+
+    # infer with the current model
+    def infer():
+        r = requests.post(f"{url}/infer/liver_cascade", params={"image": image, "output": "json"}, timeout=300)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    before = infer()
+    stage1 = srv.app_dir / "model" / "liver_resnet_lite.pt"
+    mtime_before = os.stat(stage1).st_mtime
+
+    # the annotator corrects it and saves a final label (as OHIF and Slicer do)
+    label_file = tmp_path / "corrected.nii.gz"
+    ref = refs[image]
+    nib.save(nib.Nifti1Image(ref.label, ref.affine), str(label_file))
+    with open(label_file, "rb") as f:
+        r = requests.put(f"{url}/datastore/label", params={"image": image, "tag": "final"},
+                         files={"label": ("corrected.nii.gz", f)},
+                         data={"params": json.dumps({"label_info": [{"name": "liver", "idx": 1},
+                                                                    {"name": "lesion", "idx": 2}]})},
+                         timeout=60)
+    assert r.status_code == 200, r.text
+
+    # how much did the annotator correct? (original prediction vs final)
+    wait_idle(url, "scoring")  # MONAI Label re-scores in the background after /activelearning
+    r = requests.post(f"{url}/scoring/correction_dice", params={"run_sync": "true"}, timeout=300)
+    assert r.status_code == 200, r.text
+    info = requests.get(f"{url}/datastore/image/info", params={"image": image}, timeout=30).json()
+    assert set(info["correction_dice"]) == {"liver", "lesion"}
+
+    # a very short training run, through MONAI Label's train endpoint
+    wait_idle(url, "scoring")
+    r = requests.post(f"{url}/train/liver_resnet", params={"run_sync": "true"},
+                      json={"max_epochs": 1, "samples_per_volume": 4, "train_batch_size": 8, "val_split": 0.0},
+                      timeout=900)
+    assert r.status_code == 200, r.text
+    assert os.stat(stage1).st_mtime != mtime_before
+    stats = json.loads((srv.app_dir / "model" / "liver_resnet_lite_stats.json").read_text())
+    assert stats["done"]
+    assert (srv.app_dir / "model" / "liver_resnet_lite_curve.png").exists()
+    assert len(stats["history"]) == 1 and stats["history"][0]["published"]
+
+    # the next inference uses the new model, without a restart
+    after = infer()
+    used = {m["file"]: m["mtime"] for m in after["models_used"]}
+    used_before = {m["file"]: m["mtime"] for m in before["models_used"]}
+    assert used["liver_resnet_lite.pt"] != used_before["liver_resnet_lite.pt"]
+    assert used["liver_resnet_lite.pt"] == os.stat(stage1).st_mtime
+
+    # strategy skips labelled images; 'first' and 'random' are there too
+    for strategy in ("first", "random", "uncertainty"):
+        r = requests.post(f"{url}/activelearning/{strategy}", json={}, timeout=300)
+        assert r.status_code == 200 and r.json().get("id") not in ("case0", "case1", image)
