@@ -109,3 +109,35 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert missing.status_code == 503
     assert "vgg_fcn_lite.pt" in missing.json()["detail"] and "train" in missing.json()["detail"].lower()
     assert infer(server, "liver_resnet", "lps_odd").status_code == 200
+
+
+def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
+    """The cascade keeps an annotator's liver exactly and honours lesion clicks."""
+    import phantom
+
+    ref = phantom.generate_phantom(seed=3, orientation="LPS", n_slices=13, shape_xy=(96, 96), spacing=(3.6, 3.6, 5.0))
+    liver = (ref.label > 0).astype(np.uint8)
+    liver_file = tmp_path / "liver.nii.gz"
+    nib.save(nib.Nifti1Image(liver, ref.affine), str(liver_file))
+    inside = np.argwhere(liver > 0)
+    fg = inside[len(inside) // 3].tolist()
+    with open(liver_file, "rb") as f:
+        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
+                          data={"params": json.dumps({"foreground": [fg]})},
+                          files={"label": ("liver.nii.gz", f)}, timeout=300)
+    assert r.status_code == 200, r.text
+    _, data = parts(r)
+    (tmp_path / "o.nii.gz").write_bytes(data)
+    out = np.asarray(nib.load(str(tmp_path / "o.nii.gz")).dataobj)
+    assert np.array_equal(out > 0, liver > 0)  # the annotator's liver, as drawn
+    assert out[tuple(fg)] == 2  # the foreground click made a lesion there
+    # a background click on that lesion removes it, and leaves the rest alone
+    with open(liver_file, "rb") as f:
+        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
+                          data={"params": json.dumps({"foreground": [fg], "background": [fg]})},
+                          files={"label": ("liver.nii.gz", f)}, timeout=300)
+    _, data = parts(r)
+    (tmp_path / "o2.nii.gz").write_bytes(data)
+    out2 = np.asarray(nib.load(str(tmp_path / "o2.nii.gz")).dataobj)
+    assert out2[tuple(fg)] == 1
+    assert infer(server, "liver_cascade", "lps_odd", {"foreground": "not points"}).status_code == 400

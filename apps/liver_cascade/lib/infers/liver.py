@@ -6,6 +6,7 @@ is the paper's per-slice hole fill (and the optional 3D CRF); the label is
 written in the input file's exact geometry.
 """
 
+import json
 import logging
 import os
 import tempfile
@@ -27,6 +28,7 @@ from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import LABEL_COLORS, LABELS, model_filename
 from lib.transforms.inference import predict_slices
+from lib.transforms.interaction import encode_clicks, enforce_clicks, to_oriented_index
 from lib.transforms.transforms import (
     DenseCRFd,
     FillHolesPerSliced,
@@ -136,6 +138,7 @@ class LiverSegmentation(BasicInferTask):
         t.append(ProbsToLabeld(keys="pred"))
         if data is None or _truthy(data.get("fill_holes", True)):
             t.append(FillHolesPerSliced(keys="pred"))
+        t.append(EnforceClicksd())
         t.append(LesionReportd(self.conf.min_lesion_ml, enabled=self.cascade))
         t.append(RestoreOrientationd(keys="pred", ref_key="image"))
         return t
@@ -175,16 +178,24 @@ class LiverSegmentation(BasicInferTask):
             models.append(info2)
             liver_map = (probs[1].float() + probs[2].float()).clamp_(0, 1)
             lesion_map = probs[2].float()
-            corrected = data.get("label_tensor")
-            if corrected is None and "label" in data and torch.is_tensor(data.get("label")):
+            corrected = None  # the annotator's liver, sent as the request's label
+            if torch.is_tensor(data.get("label")):
                 corrected = (data["label"][0] > 0).float().to(liver_map.device)
+            fg, bg = self._clicks(data, image, (h, w, n))
+            if fg or bg:
+                spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
+                lesion_map = encode_clicks(lesion_map.cpu(), fg, bg, spacing)
+                data["clicks"] = {"foreground": fg, "background": bg, "spacing": spacing.tolist()}
             if corrected is not None:
                 if tuple(corrected.shape) != (h, w, n):
                     raise InvalidRequestError(
                         f"the corrected label has shape {tuple(corrected.shape)}, the image {(h, w, n)}"
                     )
                 liver_map = corrected
+                data["corrected_liver"] = corrected.cpu() > 0.5
             has_liver = (liver_map > 0.5).flatten(0, 1).any(0)
+            for p in fg + bg:
+                has_liver[p[2]] = True
             if _truthy(data.get("stage2_roi", self.conf.stage2_roi)):
                 # slices with liver, plus one slice of margin on both sides
                 keep = has_liver.clone()
@@ -217,6 +228,24 @@ class LiverSegmentation(BasicInferTask):
         data["scales_used"] = list(scales)
         return data
 
+    @staticmethod
+    def _clicks(data, image, shape):
+        """foreground/background points (image voxel indices, as Slicer/OHIF send) in the oriented array."""
+        pts = {}
+        for key in ("foreground", "background"):
+            raw = data.get(key) or []
+            try:
+                if isinstance(raw, str):
+                    raw = json.loads(raw) if raw.strip() else []
+                raw = [[float(v) for v in p] for p in raw]
+                if any(len(p) < 3 for p in raw):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise InvalidRequestError(f"{key} must be a list of [i, j, k] voxel points, got {raw!r}")
+            original = image.meta.get("original_affine", image.affine)
+            pts[key] = to_oriented_index(raw, original, image.affine, shape)
+        return pts["foreground"], pts["background"]
+
     # -- writing --------------------------------------------------------------
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
         ext = data.get("result_extension") or ".nii.gz"
@@ -239,6 +268,26 @@ class LiverSegmentation(BasicInferTask):
         if "lesion_report" in data:
             result["lesion_report"] = data["lesion_report"]
         return path, result
+
+
+class EnforceClicksd:
+    """After post-processing, honour the annotator: lesion clicks and a corrected liver."""
+
+    def __call__(self, data):
+        clicks, liver = data.get("clicks"), data.get("corrected_liver")
+        if not clicks and liver is None:
+            return data
+        d = dict(data)
+        pred = d["pred"]
+        fixed = np.asarray(pred[0].cpu(), dtype=np.uint8)
+        if clicks:
+            prob = d["lesion_prob"].float().numpy()
+            fixed = enforce_clicks(fixed, prob, clicks["foreground"], clicks["background"], clicks["spacing"])
+        if liver is not None:  # the annotator's liver is kept exactly as drawn
+            liver = liver.numpy()
+            fixed = np.where(liver, np.maximum(fixed, LABELS["liver"]), 0).astype(np.uint8)
+        d["pred"] = MetaTensor(torch.from_numpy(fixed)[None], meta=pred.meta)
+        return d
 
 
 class LesionReportd:

@@ -43,6 +43,7 @@ from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_c
 from lib.networks import build_network
 from lib.settings import LABELS, NUM_CLASSES, PRESETS, model_filename
 from lib.transforms.inference import predict_slices
+from lib.transforms.interaction import SimulateClicksd
 from lib.transforms.slices import LoadStageOneMapsd, SampleAxialSlicesd, SimulateCorrectedLiverd
 from lib.transforms.transforms import hu_window
 
@@ -67,6 +68,7 @@ RECIPE = {
     "flip_prob": 0.5,
     "val_split": 0.2,
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
+    "click_prob": 0.3,  # cascade only: simulated lesion clicks
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
 }
@@ -138,7 +140,9 @@ class LiverSliceTrainer(BasicTrainTask):
     def network(self, context: Context):
         net = build_network(self.arch, self.preset, self.in_channels)
         init = context.request.get("pretrained_path") or self.app_conf.pretrained_path
-        resume = context.request.get("pretrained", True) and os.path.exists(self.publish_file)
+        resume = str(context.request.get("pretrained", True)).lower() in ("1", "true", "yes") and os.path.exists(
+            self.publish_file
+        )
         path = self.publish_file if resume else init
         if path:
             if not os.path.exists(path):
@@ -201,6 +205,7 @@ class LiverSliceTrainer(BasicTrainTask):
         ]
         if self.in_channels == 3:
             t.append(SimulateCorrectedLiverd(keys="image", prob=float(r["corrected_liver_prob"])))
+            t.append(SimulateClicksd(keys="image", prob=float(r["click_prob"])))
         t.append(EnsureTyped(keys=("image", "label"), dtype=(torch.float32, torch.long), track_meta=False))
         return t
 
