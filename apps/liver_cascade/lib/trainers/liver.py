@@ -175,7 +175,7 @@ class LiverSliceTrainer(BasicTrainTask):
     # -- data -------------------------------------------------------------------
     def _volume_transforms(self, context: Context) -> List[Any]:
         t: List[Any] = [
-            LoadImaged(keys=("image", "label"), image_only=False),
+            LoadImaged(keys=("image", "label"), image_only=True),
             EnsureChannelFirstd(keys=("image", "label")),
             Orientationd(keys=("image", "label"), axcodes="RAS"),
             hu_window("image"),

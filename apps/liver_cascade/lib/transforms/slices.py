@@ -30,7 +30,8 @@ class SampleAxialSlicesd(Randomizable, MapTransform):
     with neither liver nor lesion, and (optionally) liver-only slices, drawn
     with the given ratios. A category a volume lacks passes its share to the
     others (a volume without lesions gives liver slices instead).
-    Returns a list of dicts with (C, X, Y) tensors, like MONAI's RandCrop*d.
+    Returns a list of dicts with (C, X, Y) tensors, like MONAI's RandCrop*d;
+    other items are dropped (only ``slice_index`` is added).
     """
 
     def __init__(self, keys, label_key: str = "label", num_samples: int = 10,
@@ -60,7 +61,7 @@ class SampleAxialSlicesd(Randomizable, MapTransform):
         idx = self.randomize(slice_categories(lab[0]))
         out = []
         for i in idx:
-            s = {k: v for k, v in d.items() if k not in self.keys}
+            s = {}  # only the 2D tensors: per-file metadata differs between formats and would not collate
             for key in self.key_iterator(d):
                 s[key] = torch.as_tensor(d[key][..., i]).clone()
             s["slice_index"] = i
