@@ -25,6 +25,9 @@ REAL = {  # labelled real cases in ../shared/real-ct/nifti
 }
 
 
+SPLITS = {"hcc_0697": "split1", "hcc_2022": "split2"}  # which real patient is held out
+
+
 def datalists(real_dir: Path, phantoms: Path, holdout: str, repeat_real: int, n_val_phantoms: int, work: Path):
     vols = sorted(phantoms.glob("volume-*.nii.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
     items = [{"image": str(v), "label": str(v.with_name(v.name.replace("volume", "segmentation")))} for v in vols]
@@ -50,14 +53,19 @@ def main(argv=None):
     ap.add_argument("--repeat-real", type=int, default=6)
     ap.add_argument("--val-phantoms", type=int, default=2)
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
+    ap.add_argument("--lr", type=float, default=0.01)
+    ap.add_argument("--dice-weight", type=float, default=1.0)
     ap.add_argument("--skip-train", action="store_true")
     args = ap.parse_args(argv)
 
     work = Path(args.work) / f"holdout_{args.holdout}"
     train_ds, val_ds = datalists(Path(args.real_dir), Path(args.phantoms), args.holdout, args.repeat_real,
                                  args.val_phantoms, work)
+    # The paper's sampling and batch; from scratch on a CPU budget (no ImageNet weights) a
+    # 6x higher SGD rate and a Dice term converge in minutes where lr 0.0016 did not move.
     common = ["--samples_per_volume", "10", "--train_batch_size", "10", "--liver_ratio", "1.0",
-              "--dataset", "CacheDataset", "--pretrained", "false"]
+              "--dataset", "CacheDataset", "--pretrained", "false",
+              "--lr", str(args.lr), "--lr_decay_from", str(args.lr / 2), "--dice_weight", str(args.dice_weight)]
     timings = {}
     if not args.skip_train:
         for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
@@ -91,7 +99,8 @@ def main(argv=None):
         results["rows"][model]["infer_seconds"] = round(time.time() - t0, 2)
         print(model, json.dumps(results["rows"][model]), flush=True)
     Path(args.results).mkdir(parents=True, exist_ok=True)
-    name = f"demo_holdout_{args.holdout}.json"
+    # file named by split, not by patient id (nothing named after the shared data is committed)
+    name = f"demo_{SPLITS[args.holdout]}.json"
     (Path(args.results) / name).write_text(json.dumps(results, indent=2))
     return 0
 
