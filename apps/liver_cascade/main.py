@@ -110,7 +110,8 @@ class LiverCascadeApp(MONAILabelApp):
         self._new_final_labels = 0
         models = [m for m in ("liver_resnet", "liver_cascade") if m in self._trainers]
         logger.info(f"auto_train_on_save: {self.app_conf.auto_train_after} new final label(s); training {models}")
-        return self.async_training(models, enqueue=True) if models else None
+        params = {m: {"max_epochs": self.app_conf.auto_train_epochs} for m in models}
+        return self.async_training(models, params=params, enqueue=True) if models else None
 
     def infer(self, request, datastore=None):
         """MONAI Label's infer, with clear HTTP errors for what the caller can fix."""

@@ -35,7 +35,8 @@ def test_annotation_round(tmp_path, server_factory):
         p.save_nifti(str(studies / f"case{i}.nii.gz"),
                      str(studies / "labels" / "final" / f"case{i}.nii.gz") if i < 2 else None)
         refs[f"case{i}"] = p
-    srv = server_factory(studies, {"models": "liver_resnet,liver_cascade"})
+    srv = server_factory(studies, {"models": "liver_resnet,liver_cascade", "auto_train_on_save": "true",
+                                   "auto_train_after": 1, "auto_train_epochs": 1})
     url = srv.url
 
     # active learning: our uncertainty strategy picks an unlabeled image
@@ -75,17 +76,17 @@ def test_annotation_round(tmp_path, server_factory):
     info = requests.get(f"{url}/datastore/image/info", params={"image": image}, timeout=30).json()
     assert set(info["correction_dice"]) == {"liver", "lesion"}
 
-    # a very short training run, through MONAI Label's train endpoint
-    wait_idle(url, "scoring")
-    r = requests.post(f"{url}/train/liver_resnet", params={"run_sync": "true"},
-                      json={"max_epochs": 1, "samples_per_volume": 4, "train_batch_size": 8, "val_split": 0.0},
-                      timeout=900)
-    assert r.status_code == 200, r.text
+    # saving the final label started a (1-epoch) round: stage one, then the cascade, enqueued
+    wait_idle(url, "train", timeout=900)
+    status = requests.get(f"{url}/train/", params={"all": "true"}, timeout=30).json()
+    assert [t["request"]["model"] for t in status] == ["liver_resnet", "liver_cascade"]
+    assert all(t["status"] == "DONE" for t in status), status
     assert os.stat(stage1).st_mtime != mtime_before
     stats = json.loads((srv.app_dir / "model" / "liver_resnet_lite_stats.json").read_text())
     assert stats["done"]
     assert (srv.app_dir / "model" / "liver_resnet_lite_curve.png").exists()
     assert len(stats["history"]) == 1 and stats["history"][0]["published"]
+    assert "val_liver_dice" in stats["history"][0]  # validated on a held-out labelled volume
 
     # the next inference uses the new model, without a restart
     after = infer()

@@ -42,6 +42,7 @@ class AppConf:
     crf: bool  # 3D dense CRF post-processing (ablation only)
     auto_train_on_save: bool
     auto_train_after: int  # new final labels that trigger a training run
+    auto_train_epochs: int  # max_epochs of such a run
     pretrained_path: Optional[str]  # local file with initial weights for training
     min_lesion_ml: float  # lesion report: drop smaller components
     tracking: str  # "none" (default) or "mlflow" (sqlite store under the app dir)
@@ -60,6 +61,7 @@ class AppConf:
             crf=_bool(conf.get("crf", "false")),
             auto_train_on_save=_bool(conf.get("auto_train_on_save", "false")),
             auto_train_after=int(conf.get("auto_train_after", "1")),
+            auto_train_epochs=int(conf.get("auto_train_epochs", "20")),
             pretrained_path=conf.get("pretrained_path") or None,
             min_lesion_ml=float(conf.get("min_lesion_ml", "0.05")),
             tracking=conf.get("tracking", "none"),
