@@ -176,15 +176,16 @@ class LiverSegmentation(BasicInferTask):
         if self.cascade:
             net2, info2 = self._models.get(self.stage_paths[1], device, self.how_to_train())
             models.append(info2)
-            liver_map = (probs[1].float() + probs[2].float()).clamp_(0, 1)
-            lesion_map = probs[2].float()
+            # float16 maps: a 512x512x400 volume stays within the memory budget
+            liver_map = (probs[1] + probs[2]).clamp_(0, 1)
+            lesion_map = probs[2].clone()
             corrected = None  # the annotator's liver, sent as the request's label
             if torch.is_tensor(data.get("label")):
-                corrected = (data["label"][0] > 0).float().to(liver_map.device)
+                corrected = (data["label"][0] > 0).to(torch.float16).to(liver_map.device)
             fg, bg = self._clicks(data, image, (h, w, n))
             if fg or bg:
                 spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
-                lesion_map = encode_clicks(lesion_map.cpu(), fg, bg, spacing)
+                lesion_map = encode_clicks(lesion_map.cpu().float(), fg, bg, spacing).half()
                 data["clicks"] = {"foreground": fg, "background": bg, "spacing": spacing.tolist()}
             if corrected is not None:
                 if tuple(corrected.shape) != (h, w, n):
@@ -207,12 +208,14 @@ class LiverSegmentation(BasicInferTask):
             liver_dev, lesion_dev = liver_map.to(device), lesion_map.to(device)
 
             def stage2_input(i):
-                return torch.stack([vol_dev[..., i], lesion_dev[..., i], liver_dev[..., i]]).permute(3, 0, 1, 2)
+                maps = [lesion_dev[..., i].float(), liver_dev[..., i].float()]
+                return torch.stack([vol_dev[..., i]] + maps).permute(3, 0, 1, 2)
 
             t0 = time.time()
             if idx:
+                # in place: slices outside the ROI keep stage one's probabilities
                 probs = predict_slices(net2, stage2_input, n, (h, w), scales, batch, indices=idx,
-                                       out=probs.clone(), device=device, amp=amp)
+                                       out=probs, device=device, amp=amp)
             timings["stage2"] = round(time.time() - t0, 3)
             timings["stage2_slices"] = len(idx)
             if corrected is not None:

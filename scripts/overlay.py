@@ -1,0 +1,64 @@
+"""Overlay PNG of a segmentation on CT slices (radiological display, HU window from settings).
+
+    .venv/bin/python scripts/overlay.py --image CT.nii.gz --pred PRED.nii.gz [--ref REF.nii.gz] --out fig.png
+
+Shows the axial slices with the most liver (and the most lesion); prediction
+filled (liver red, lesion yellow), reference as white/cyan contours.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "liver_cascade"))
+from lib.settings import HU_WINDOW, LABEL_COLORS, LABELS  # noqa: E402
+
+
+def canonical(path):
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    return np.asarray(img.dataobj)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--image", required=True)
+    ap.add_argument("--pred", required=True)
+    ap.add_argument("--ref")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--title", default="")
+    args = ap.parse_args(argv)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img, pred = canonical(args.image), np.rint(canonical(args.pred)).astype(np.uint8)
+    ref = np.rint(canonical(args.ref)).astype(np.uint8) if args.ref else None
+    src = ref if ref is not None else pred
+    ks = [int(np.argmax((src > 0).sum((0, 1))))]
+    if (src == LABELS["lesion"]).any():
+        ks.append(int(np.argmax((src == LABELS["lesion"]).sum((0, 1)))))
+    fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 5), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        view = lambda a: a[:, :, k].T[::-1, ::-1]  # noqa: E731  (anterior up, patient's right on the left)
+        ax.imshow(np.clip(view(img), *HU_WINDOW), cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1])
+        overlay = np.zeros(view(pred).shape + (4,))
+        for name in ("liver", "lesion"):
+            overlay[view(pred) == LABELS[name]] = list(np.array(LABEL_COLORS[name]) / 255) + [0.35]
+        ax.imshow(overlay)
+        if ref is not None:
+            ax.contour(view(ref) > 0, levels=[0.5], colors="white", linewidths=0.8)
+            ax.contour(view(ref) == LABELS["lesion"], levels=[0.5], colors="cyan", linewidths=0.8)
+        ax.set_title(f"{args.title} slice {k}")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=70)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
