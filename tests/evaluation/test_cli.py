@@ -24,9 +24,9 @@ def test_ablation_and_evaluate_commands(tmp_path):
     out = tmp_path / "ablation"
     assert ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(out)]) == 0
     rows = json.loads((out / "ablation.json").read_text())
-    assert [r["method"] for r in rows] == list(ablation.PAPER)
+    assert [r["method"] for r in rows][:5] == list(ablation.PAPER)
     assert all(0.0 <= r["liver_dice"] <= 1.0 and r["n_cases"] == 2 for r in rows)
-    assert rows[-1]["params"]["scales"].count(",") == 4  # the paper's five scales
+    assert rows[4]["params"]["scales"].count(",") == 4  # the paper's five scales
     assert "| Cascaded ResNet + 3D-CRF |" in (out / "ablation.md").read_text()
 
     preds = out / "predictions" / "Cascaded_ResNet"

@@ -48,7 +48,12 @@ if not __package__:  # run as a script: make the app folder importable, as MONAI
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from lib.evaluation.lesion_report import REPORT_CSV_FIELDS, lesion_report, report_to_markdown, report_to_rows  # noqa: E402
+from lib.evaluation.lesion_report import (  # noqa: E402
+    REPORT_CSV_FIELDS,
+    lesion_report,
+    report_to_markdown,
+    report_to_rows,
+)
 from lib.evaluation.metrics import IOU_THRESHOLDS, evaluate_case, iou_key, summarize  # noqa: E402
 
 LAYOUTS = ("auto", "lits", "datastore")
@@ -279,7 +284,8 @@ def summary_markdown(summary: Dict[str, Any], rows: Sequence[Dict[str, Any]], ti
         lines.append(
             f"| {r['case']} | {_pct(r['liver_dice'])} | {_pct(r['lesion_dice'])} | {_num(r['liver_assd_mm'])} | "
             f"{_num(r['liver_msd_mm'])} | {_num(r['lesion_assd_mm'])} | "
-            f"{r['n_ref_lesions']} / {r['n_pred_lesions']} / {r[f'detected_{k5}']} | {_num(r['tumour_burden_error'], 4)} |"
+            f"{r['n_ref_lesions']} / {r['n_pred_lesions']} / {r[f'detected_{k5}']} | "
+            f"{_num(r['tumour_burden_error'], 4)} |"
         )
     for key, label in (("missing_predictions", "References without a prediction"),
                        ("unmatched_predictions", "Predictions without a reference"), ("warnings", "Warnings")):
@@ -374,7 +380,11 @@ def evaluate_folders(
     summary: Dict[str, Any] = summarize(rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    outputs = {"per_case_csv": out / "per_case.csv", "summary_json": out / "summary.json", "summary_md": out / "summary.md"}
+    outputs = {
+        "per_case_csv": out / "per_case.csv",
+        "summary_json": out / "summary.json",
+        "summary_md": out / "summary.md",
+    }
     if report:
         outputs.update(lesion_report_csv=out / "lesion_report.csv", lesion_report_md=out / "lesion_report.md")
     summary.update(

@@ -190,6 +190,8 @@ def lesion_report(
             long_d, short_d = axial_diameters(pix, plane)
             if long_d > best[0]:
                 best = (long_d, short_d, int(z))
+        mean_hu = None if image_hu is None else float(np.asarray(image_hu)[box][inside].mean(dtype=np.float64))
+        mean_conf = None if lesion_prob is None else float(np.asarray(lesion_prob)[box][inside].mean(dtype=np.float64))
         lesions.append(
             {
                 "id": rank,
@@ -201,10 +203,8 @@ def lesion_report(
                 "perpendicular_diameter_mm": round(best[1], 2),
                 "axial_slice": best[2],
                 "n_slices": int(len(slices)),
-                "mean_hu": None if image_hu is None else round(float(np.asarray(image_hu)[box][inside].mean()), 1),
-                "mean_confidence": (
-                    None if lesion_prob is None else round(float(np.asarray(lesion_prob)[box][inside].mean()), 4)
-                ),
+                "mean_hu": None if mean_hu is None else round(mean_hu, 1),
+                "mean_confidence": None if mean_conf is None else round(mean_conf, 4),
             }
         )
     liver_ml, lesion_ml = liver_voxels * vox_ml, lesion_voxels * vox_ml
@@ -243,7 +243,8 @@ def report_to_markdown(report: Dict[str, Any], name: Optional[str] = None) -> st
         lines += ["No lesion.", ""]
         return "\n".join(lines)
     lines += [
-        "| # | volume mL | longest axial × perpendicular mm | axial slice | slices | centroid mm (x, y, z) | mean HU | confidence |",
+        "| # | volume mL | longest axial × perpendicular mm | axial slice | slices | centroid mm (x, y, z) "
+        "| mean HU | confidence |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for les in report["lesions"]:
