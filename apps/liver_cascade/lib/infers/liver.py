@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer
-from monai.transforms import EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd
+from monai.transforms import (
+    EnsureChannelFirstd,
+    EnsureTyped,
+    KeepLargestConnectedComponentd,
+    LoadImaged,
+    Orientationd,
+)
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
@@ -83,6 +89,7 @@ class LiverSegmentation(BasicInferTask):
                 "scales": ",".join(str(s) for s in conf.scales),
                 "crf": conf.crf,
                 "fill_holes": True,
+                "largest_component": True,
                 "stage2_roi": conf.stage2_roi,
             },
         )
@@ -136,6 +143,10 @@ class LiverSegmentation(BasicInferTask):
         if data is not None and _truthy(data.get("crf", False)):
             t.append(DenseCRFd(keys="pred"))
         t.append(ProbsToLabeld(keys="pred"))
+        if data is None or _truthy(data.get("largest_component", True)):
+            # not in the paper: the liver is one organ, so keep the largest 3D component of liver+lesion
+            t.append(KeepLargestConnectedComponentd(keys="pred", applied_labels=list(LABELS.values()),
+                                                    independent=False, connectivity=3))
         if data is None or _truthy(data.get("fill_holes", True)):
             t.append(FillHolesPerSliced(keys="pred"))
         t.append(EnforceClicksd())
