@@ -82,7 +82,9 @@ def _children(pid):
 
 def run_server(studies: Path, log: Path):
     port = free_port()
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
+    # no background scoring (MONAI Label re-scores unlabeled images at start): the timing is the request alone
+    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
+               MONAI_LABEL_AUTO_UPDATE_SCORING="false", MONAI_LABEL_TRACKING_ENABLED="false")
     cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP), "--studies",
            str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", "liver_resnet,liver_cascade",
            "--conf", "skip_trainers", "true"]
