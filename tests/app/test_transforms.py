@@ -70,3 +70,15 @@ def test_label_writer_geometry_round_trip(tmp_path, ext):
     assert np.allclose(np.array(img.GetOrigin()), np.diag([-1, -1, 1]) @ aff[:3, 3], atol=1e-4)
     if ext == ".nii.gz":
         assert np.allclose(nib.load(path).affine, aff, atol=1e-5)
+
+
+def test_largest_component_keeps_the_liver_only():
+    from lib.transforms.transforms import largest_component
+
+    m = np.zeros((20, 20, 6), bool)
+    m[2:12, 2:12, 1:5] = True  # liver
+    m[15:18, 15:18, 2:4] = True  # a separate false positive (spleen)
+    m[12, 12, 4] = True  # touches the liver diagonally: 26-connected, kept
+    out = largest_component(m)
+    assert out[5, 5, 2] and out[12, 12, 4] and not out[16, 16, 3]
+    assert not largest_component(np.zeros((4, 4, 4), bool)).any()

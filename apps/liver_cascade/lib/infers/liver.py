@@ -21,8 +21,6 @@ from monai.data import MetaTensor
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import (
     EnsureChannelFirstd,
-    EnsureTyped,
-    KeepLargestConnectedComponentd,
     LoadImaged,
     Orientationd,
 )
@@ -38,6 +36,7 @@ from lib.transforms.interaction import encode_clicks, enforce_clicks, to_oriente
 from lib.transforms.transforms import (
     DenseCRFd,
     FillHolesPerSliced,
+    KeepLargestLiverd,
     ProbsToLabeld,
     RestoreOrientationd,
     hu_window,
@@ -55,11 +54,12 @@ def _truthy(v) -> bool:
 
 
 class KeepHUd:
-    """Keep an int16 copy of the HU image (after orientation) for the lesion report."""
+    """Keep the HU image (after orientation, int16) for the lesion report; no copy when it is int16."""
 
     def __call__(self, data):
         d = dict(data)
-        d["image_hu"] = torch.as_tensor(d["image"][0]).round().clamp(-32768, 32767).to(torch.int16)
+        hu = torch.as_tensor(d["image"][0]).as_subclass(torch.Tensor)
+        d["image_hu"] = hu if hu.dtype == torch.int16 else hu.round().clamp(-32768, 32767).to(torch.int16)
         return d
 
 
@@ -124,12 +124,12 @@ class LiverSegmentation(BasicInferTask):
     def pre_transforms(self, data=None) -> Sequence[Callable]:
         keys = ["image"] + (["label"] if self.cascade and data and data.get("label") else [])
         return [
-            LoadImaged(keys=keys, image_only=False),
+            # the file's own dtype (int16 CT stays int16: half the memory of float32 until the HU window)
+            LoadImaged(keys=keys, image_only=False, dtype=None),
             EnsureChannelFirstd(keys=keys),
-            EnsureTyped(keys="image", dtype=torch.float32, track_meta=True),
             Orientationd(keys=keys, axcodes="RAS"),  # axial = last axis, whatever the file
             KeepHUd(),
-            hu_window("image"),
+            hu_window("image"),  # float32 in [0, 1]
         ]
 
     def inferer(self, data=None) -> Inferer:
@@ -145,8 +145,7 @@ class LiverSegmentation(BasicInferTask):
         t.append(ProbsToLabeld(keys="pred"))
         if data is None or _truthy(data.get("largest_component", True)):
             # not in the paper: the liver is one organ, so keep the largest 3D component of liver+lesion
-            t.append(KeepLargestConnectedComponentd(keys="pred", applied_labels=list(LABELS.values()),
-                                                    independent=False, connectivity=3))
+            t.append(KeepLargestLiverd(keys="pred"))
         if data is None or _truthy(data.get("fill_holes", True)):
             t.append(FillHolesPerSliced(keys="pred"))
         t.append(EnforceClicksd())
@@ -235,7 +234,7 @@ class LiverSegmentation(BasicInferTask):
                 lesion = probs[2].float() * inside
                 probs = torch.stack([(~inside).float(), inside.float() - lesion, lesion]).to(torch.float16)
         data["pred"] = MetaTensor(probs.cpu(), meta=image.meta)
-        data["lesion_prob"] = probs[2].cpu()
+        data["lesion_prob"] = probs[2].cpu().clone()  # a copy, so the 3-class map can be freed after argmax
         data["inference_timings"] = timings
         data["models_used"] = [{"file": os.path.basename(m["path"]), "mtime": m["mtime"], "preset": m["preset"]}
                                for m in models]
@@ -323,7 +322,7 @@ class LesionReportd:
             label,
             np.asarray(pred.affine, dtype=np.float64),
             image_hu=None if hu is None else hu.numpy(),
-            lesion_prob=None if prob is None else prob.float().numpy(),
+            lesion_prob=None if prob is None else prob.numpy(),  # float16: averaged per lesion only
             min_volume_ml=float(d.get("min_lesion_ml", self.min_volume_ml)),
             axial_axis=2,
         )

@@ -95,6 +95,42 @@ class ProbsToLabeld(MapTransform):
         return d
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean volume, labelled on its bounding box only.
+
+    Same result as MONAI's KeepLargestConnectedComponent(independent=False,
+    connectivity=3), without its full-volume int64 label map (1 GB more peak
+    memory on a 512x512x400 volume).
+    """
+    out = np.zeros(mask.shape, dtype=bool)
+    box = _bbox(mask)
+    if box is None:
+        return out
+    comps, n = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, dtype=bool))
+    if n <= 1:
+        out[box] = comps > 0
+        return out
+    sizes = np.bincount(comps.ravel())
+    sizes[0] = 0
+    out[box] = comps == int(sizes.argmax())
+    return out
+
+
+class KeepLargestLiverd(MapTransform):
+    """Keep the largest 3D component of liver + lesion (the liver is one organ) of a (1, X, Y, Z) label."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+            keep = largest_component(arr > 0)
+            arr = np.where(keep, arr, 0).astype(np.uint8)
+            t = torch.from_numpy(arr)[None]
+            d[key] = MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
+        return d
+
+
 class FillHolesPerSliced(MapTransform):
     """Per-axial-slice hole filling of a (1, X, Y, Z) LiTS label (axial axis last)."""
 
