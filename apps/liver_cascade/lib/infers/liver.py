@@ -139,10 +139,8 @@ class LiverSegmentation(BasicInferTask):
         return None  # RestoreOrientationd in post is exact; no generic invert
 
     def post_transforms(self, data=None) -> Sequence[Callable]:
+        # the CRF and argmax ran at the end of run_inferer (so the class maps are freed early)
         t: List[Callable] = []
-        if data is not None and _truthy(data.get("crf", False)):
-            t.append(DenseCRFd(keys="pred"))
-        t.append(ProbsToLabeld(keys="pred"))
         if data is None or _truthy(data.get("largest_component", True)):
             # not in the paper: the liver is one organ, so keep the largest 3D component of liver+lesion
             t.append(KeepLargestLiverd(keys="pred"))
@@ -188,7 +186,7 @@ class LiverSegmentation(BasicInferTask):
             models.append(info2)
             # float16 maps: a 512x512x400 volume stays within the memory budget
             liver_map = (probs[1] + probs[2]).clamp_(0, 1)
-            lesion_map = probs[2].clone()
+            lesion_map = probs[2]  # a view: stage two writes slice i only after reading slice i's input
             corrected = None  # the annotator's liver, sent as the request's label
             if torch.is_tensor(data.get("label")):
                 corrected = (data["label"][0] > 0).to(torch.float16).to(liver_map.device)
@@ -233,8 +231,16 @@ class LiverSegmentation(BasicInferTask):
                 inside = corrected.to(probs.device) > 0.5
                 lesion = probs[2].float() * inside
                 probs = torch.stack([(~inside).float(), inside.float() - lesion, lesion]).to(torch.float16)
-        data["pred"] = MetaTensor(probs.cpu(), meta=image.meta)
         data["lesion_prob"] = probs[2].cpu().clone()  # a copy, so the 3-class map can be freed after argmax
+        pred = MetaTensor(probs.cpu(), meta=image.meta)
+        del probs
+        if _truthy(data.get("crf", self.conf.crf)):
+            pred = DenseCRFd(keys="pred")({"pred": pred, "image": image})["pred"]
+        if _truthy(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
+            data["probs"] = pred
+        # probabilities -> LiTS labels here, not in post: the 3-class map is freed before post-processing
+        data["pred"] = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]
+        del pred
         data["inference_timings"] = timings
         data["models_used"] = [{"file": os.path.basename(m["path"]), "mtime": m["mtime"], "preset": m["preset"]}
                                for m in models]

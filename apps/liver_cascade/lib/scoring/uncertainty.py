@@ -49,11 +49,12 @@ class LiverUncertainty(ScoringMethod):
         holder: Dict[str, Any] = {}
 
         def keep_probs(data):
-            holder["u"] = liver_entropy(data["pred"])
+            holder["u"] = liver_entropy(data["probs"])
             return data
 
         self.infer_task(
-            {"image": image_path, "skip_writer": True, "device": "cuda" if torch.cuda.is_available() else "cpu"},
+            {"image": image_path, "skip_writer": True, "keep_probs": True,
+             "device": "cuda" if torch.cuda.is_available() else "cpu"},
             callbacks={CallBackTypes.INFERER: keep_probs},
         )
         return holder["u"]
