@@ -29,7 +29,7 @@ from lib.model_io import ModelNotReadyError
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODELS = "liver_resnet,liver_cascade,vgg_fcn"
+DEFAULT_MODELS = "liver_resnet,liver_cascade"  # vgg_fcn (ablation baseline): --conf models ...,vgg_fcn
 
 
 class LiverCascadeApp(MONAILabelApp):

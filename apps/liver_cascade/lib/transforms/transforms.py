@@ -160,10 +160,10 @@ class DenseCRFd(MapTransform):
         self,
         keys: KeysCollection,
         image_key: str = "image",
-        iterations: int = 5,
+        iterations: int = 3,
         spatial_sigma_mm: float = 3.0,
         bilateral_sigma_mm: float = 10.0,
-        bilateral_sigma_intensity: float = 0.05,
+        bilateral_sigma_intensity: float = 0.1,
         w_smooth: float = 1.0,
         w_bilateral: float = 2.0,
     ):
