@@ -280,12 +280,6 @@ class LiverSliceTrainer(BasicTrainTask):
         context.trainer.add_event_handler(Events.ITERATION_COMPLETED, progress.on_iteration)
         context.trainer.add_event_handler(Events.COMPLETED, progress.on_completed)
 
-    def stats(self):
-        if os.path.exists(self._stats_path):
-            with open(self._stats_path) as f:
-                return json.load(f)
-        return {}
-
 
 def lits_dice(output_transform):
     """Mean per-volume Dice; 1 when prediction and reference are both empty (LiTS)."""

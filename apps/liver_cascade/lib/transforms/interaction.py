@@ -16,7 +16,7 @@ from typing import List, Sequence
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage
 
 from lib.settings import LABELS
@@ -85,7 +85,7 @@ def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing) 
     return out
 
 
-class SimulateClicksd(Randomizable, MapTransform):
+class SimulateClicksd(RandomizableTransform, MapTransform):
     """Training-time clicks on a 2D cascade sample (channels: image, lesion map, liver map).
 
     With probability ``prob``: a foreground click inside a reference lesion that
@@ -95,13 +95,14 @@ class SimulateClicksd(Randomizable, MapTransform):
 
     def __init__(self, keys="image", label_key="label", prob: float = 0.3, spacing_mm: float = 2.0):
         MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
         self.label_key = label_key
-        self.prob = prob
         self.spacing_mm = spacing_mm
 
     def __call__(self, data):
         d = dict(data)
-        if self.R.rand() >= self.prob:
+        self.randomize(None)
+        if not self._do_transform:
             return d
         lab = np.asarray(d[self.label_key][0])
         img = torch.as_tensor(d["image"]).clone()

@@ -4,7 +4,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 import torch
-from monai.transforms import MapTransform, Randomizable
+from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from scipy import ndimage
 
 from lib.settings import LABELS
@@ -69,21 +69,22 @@ class SampleAxialSlicesd(Randomizable, MapTransform):
         return out
 
 
-class SimulateCorrectedLiverd(Randomizable, MapTransform):
+class SimulateCorrectedLiverd(RandomizableTransform, MapTransform):
     """Teach the cascade to trust an annotator's liver: with probability ``prob``
     replace the liver-map channel by the reference liver, slightly perturbed
     (random erosion/dilation of a few pixels, as a corrected mask would be)."""
 
     def __init__(self, keys="image", label_key="label", channel: int = 2, prob: float = 0.3, max_radius: int = 2):
         MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob)
         self.label_key = label_key
         self.channel = channel
-        self.prob = prob
         self.max_radius = max_radius
 
     def __call__(self, data):
         d = dict(data)
-        if self.R.rand() >= self.prob:
+        self.randomize(None)
+        if not self._do_transform:
             return d
         liver = np.asarray(d[self.label_key][0]) > 0
         r = int(self.R.randint(-self.max_radius, self.max_radius + 1))

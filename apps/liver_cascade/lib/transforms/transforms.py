@@ -230,8 +230,8 @@ def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
             weight = ndimage.gaussian_filter(weight, (1.0,) + tuple(sigma_b), mode="nearest")
             bil = np.take_along_axis(grid / np.maximum(weight, eps), bin_idx[None], 0)[0] - q[c]
             msg[c] = ws * smooth + wb * bil
-        # Potts: penalty from the other labels' mass = total - own
-        energy = unary - (msg - 0.0)
+        # Potts compatibility: agreement with same-label neighbours lowers a label's energy
+        energy = unary - msg
         energy -= energy.min(0, keepdims=True)
         q = np.exp(-energy)
         q /= q.sum(0, keepdims=True)
