@@ -13,7 +13,7 @@ from typing import Dict
 import lib.configs
 from fastapi import HTTPException
 from monailabel.interfaces.app import MONAILabelApp
-from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
@@ -64,6 +64,10 @@ class LiverCascadeApp(MONAILabelApp):
             version="1.0.0",
             labels=None,
         )
+
+    def init_remote_datastore(self) -> Datastore:
+        """DICOMweb studies (Orthanc for OHIF); see docs for `make serve-dicomweb`."""
+        return super().init_remote_datastore()
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}
