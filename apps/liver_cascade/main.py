@@ -8,6 +8,8 @@ TaskConfig per model, as in MONAI Label's radiology sample app.
 import importlib
 import logging
 import os
+import tempfile
+import threading
 from typing import Dict
 
 import lib.configs
@@ -24,8 +26,10 @@ from monailabel.utils.others.class_utils import get_class_names
 from monailabel.utils.others.generic import strtobool
 
 from lib.conf import AppConf
+from lib.datastore import SafeLocalDatastore
 from lib.infers import InvalidRequestError
 from lib.model_io import ModelNotReadyError
+from lib.validation import InputError, check_volume_file
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,8 @@ class LiverCascadeApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = os.path.join(app_dir, "model")
         self.app_conf = AppConf.from_conf(conf)
+        # one inference at a time in this process (HTTP, scoring, active learning): bounded memory
+        self._infer_slots = threading.Semaphore(max(1, int(conf.get("max_parallel_infers", "1"))))
 
         configs = {}
         for c in get_class_names(lib.configs, "TaskConfig"):
@@ -64,6 +70,26 @@ class LiverCascadeApp(MONAILabelApp):
             version="1.0.0",
             labels=None,
         )
+
+    def init_datastore(self) -> Datastore:
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        from monailabel.config import settings
+
+        return SafeLocalDatastore(
+            self.studies,
+            max_voxels=self.app_conf.max_voxels,
+            external_symlinks=self.app_conf.external_symlinks,
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def on_init_complete(self):
+        from lib import server_guard
+
+        server_guard.install(self, int(self.app_conf.max_upload_mb * 1024 * 1024))
+        super().on_init_complete()
 
     def init_remote_datastore(self) -> Datastore:
         """DICOMweb studies (Orthanc for OHIF); see docs for `make serve-dicomweb`."""
@@ -122,33 +148,50 @@ class LiverCascadeApp(MONAILabelApp):
         model = request.get("model")
         if model not in self._infers:
             raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(self._infers)}")
-        image = request.get("image")
-        if isinstance(image, str):
-            ds = datastore if datastore else self.datastore()
-            if not image or (not os.path.exists(image) and not ds.get_image_uri(image)):
-                raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+        ds = datastore if datastore else self.datastore()
+        path = self._input_path(request.get("image"), ds)
+        if isinstance(ds, SafeLocalDatastore) and path != request.get("image"):
             # keep the model's prediction as the 'original' label, so that the
             # correction_dice scoring can tell how much the annotator changed it
-            if not os.path.exists(image):
-                request.setdefault("save_label", True)
-        try:
-            return super().infer(request, datastore)
-        except ModelNotReadyError as e:
-            raise HTTPException(status_code=503, detail=str(e)) from e
-        except InvalidRequestError as e:
-            raise HTTPException(status_code=400, detail=str(e)) from e
-        except HTTPException:
-            raise
-        except Exception as e:
-            if _is_unreadable_input(e):
-                raise HTTPException(status_code=400, detail=f"Could not read the input image: {e}") from e
-            raise
+            request.setdefault("save_label", True)
+        if path and os.path.isfile(path):
+            try:
+                check_volume_file(path, self.app_conf.max_voxels)
+            except InputError as e:
+                raise HTTPException(status_code=e.status, detail=f"Image {request.get('image')!r}: {e}") from e
+        if request.get("label") and not self._is_upload(request["label"]):
+            raise HTTPException(status_code=400, detail="label must be uploaded with the request")
+        with self._infer_slots:
+            try:
+                return super().infer(request, datastore)
+            except ModelNotReadyError as e:
+                raise HTTPException(status_code=503, detail=str(e)) from e
+            except (InvalidRequestError, InputError) as e:
+                raise HTTPException(status_code=getattr(e, "status", 400), detail=str(e)) from e
 
+    def _input_path(self, image, ds) -> str:
+        """The file an infer request reads: a datastore image, or the file uploaded with it. Nothing else."""
+        if not isinstance(image, str) or not image:
+            raise HTTPException(status_code=400, detail="image: a datastore image id or an uploaded file is needed")
+        if self._is_upload(image):
+            return image
+        if isinstance(ds, SafeLocalDatastore):
+            uri = ds.get_image_uri(image)  # 400 for unsafe ids, 403 for links outside the datastore
+            if not uri:
+                raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+            return uri
+        uri = ds.get_image_uri(image)  # DICOMweb: the series is fetched into the datastore's cache
+        if not uri:
+            raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+        return uri
 
-def _is_unreadable_input(e: Exception) -> bool:
-    text = f"{type(e).__name__}: {e}"
-    return any(
-        s in text
-        for s in ("cannot find a suitable reader", "ImageFileError", "Cannot work out file type", "not a gzipped file",
-                  "RuntimeError: Could not create IO object", "EOFError", "Unable to read")
-    )
+    def _is_upload(self, path) -> bool:
+        """A file MONAI Label's endpoint wrote for this request (tempfile.NamedTemporaryFile), or a session's."""
+        if not isinstance(path, str) or not os.path.isabs(path) or os.path.islink(path) or not os.path.isfile(path):
+            return False
+        folder = os.path.dirname(os.path.realpath(path))
+        if folder == os.path.realpath(tempfile.gettempdir()) and os.path.basename(path).startswith("tmp"):
+            return True
+        sessions = self.sessions()
+        root = os.path.realpath(sessions.store_path) if sessions is not None else ""
+        return bool(root) and os.path.commonpath([folder, root]) == root

@@ -46,6 +46,9 @@ class AppConf:
     pretrained_path: Optional[str]  # local file with initial weights for training
     min_lesion_ml: float  # lesion report: drop smaller components
     tracking: str  # "none" (default) or "mlflow" (sqlite store under the app dir)
+    max_voxels: int  # larger volumes are refused (HTTP 413) from their header, before loading
+    max_upload_mb: float  # larger request bodies are refused (HTTP 413) before they are stored
+    external_symlinks: bool  # list datastore files that are symlinks to places outside the datastore
 
     @classmethod
     def from_conf(cls, conf: Dict[str, str]) -> "AppConf":
@@ -65,4 +68,7 @@ class AppConf:
             pretrained_path=conf.get("pretrained_path") or None,
             min_lesion_ml=float(conf.get("min_lesion_ml", "0.05")),
             tracking=conf.get("tracking", "none"),
+            max_voxels=int(float(conf.get("max_voxels", 512 * 512 * 1000))),
+            max_upload_mb=float(conf.get("max_upload_mb", 1024)),
+            external_symlinks=_bool(conf.get("external_symlinks", "false")),
         )

@@ -18,6 +18,9 @@ LABEL_COLORS: Dict[str, Tuple[int, int, int]] = {
 
 # Pre-processing (Bi et al. 2017): clip HU to [-160, 240] and scale to [0, 1].
 HU_WINDOW: Tuple[float, float] = (-160.0, 240.0)
+# an abdominal CT in Hounsfield units holds air or fat below this; an MR or an unscaled
+# CT (raw stored values, no rescale) does not, and is refused unless the request says allow_non_ct
+CT_LOW_HU: float = -300.0
 
 
 def scales_from(base: int, count: int, step: int = 32):

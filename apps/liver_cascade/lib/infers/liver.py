@@ -30,7 +30,8 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from lib.conf import AppConf, parse_scales
 from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
-from lib.settings import LABEL_COLORS, LABELS, model_filename
+from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
+from lib.validation import InputError
 from lib.transforms.inference import predict_slices
 from lib.transforms.interaction import encode_clicks, enforce_clicks, to_oriented_index
 from lib.transforms.transforms import (
@@ -51,6 +52,36 @@ class InvalidRequestError(ValueError):
 
 def _truthy(v) -> bool:
     return str(v).strip().lower() in ("1", "true", "yes", "on")
+
+
+class LoadCTd(LoadImaged):
+    """MONAI's LoadImaged; a file no reader can decode is the caller's error (HTTP 400), not the server's."""
+
+    def __call__(self, data, reader=None):
+        try:
+            return super().__call__(data, reader)
+        except Exception as e:
+            raise InputError(f"could not read the image: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+
+
+class CheckCTd:
+    """Refuse volumes that would give a garbage label: non-finite voxels, or intensities that are not HU."""
+
+    def __call__(self, data):
+        img = torch.as_tensor(data["image"])
+        if img.is_floating_point() and not bool(torch.isfinite(img).all()):
+            bad = int((~torch.isfinite(img)).sum())
+            raise InputError(f"the image has {bad} NaN or infinite voxel(s); fix or resample it before segmenting")
+        if not _truthy(data.get("allow_non_ct", False)):
+            step = max(1, img.numel() // 2_000_000)  # a sample is enough for a percentile
+            low = float(torch.quantile(img.reshape(-1)[::step].float(), 0.005))
+            if low > CT_LOW_HU:
+                raise InputError(
+                    f"the intensities do not look like CT in Hounsfield units (0.5th percentile {low:.0f}, expected "
+                    f"air or fat below {CT_LOW_HU:.0f}): an MR, or a CT without its rescale slope/intercept? "
+                    "Send allow_non_ct: true in params to segment it anyway"
+                )
+        return data
 
 
 class KeepHUd:
@@ -125,8 +156,9 @@ class LiverSegmentation(BasicInferTask):
         keys = ["image"] + (["label"] if self.cascade and data and data.get("label") else [])
         return [
             # the file's own dtype (int16 CT stays int16: half the memory of float32 until the HU window)
-            LoadImaged(keys=keys, image_only=False, dtype=None),
+            LoadCTd(keys=keys, image_only=False, dtype=None),
             EnsureChannelFirstd(keys=keys),
+            CheckCTd(),
             Orientationd(keys=keys, axcodes="RAS"),  # axial = last axis, whatever the file
             KeepHUd(),
             hu_window("image"),  # float32 in [0, 1]

@@ -1,0 +1,213 @@
+"""MONAI Label's LocalDatastore, hardened: safe ids, labels that fit their image, atomic writes.
+
+- Image ids and label tags are plain names: no path separators, no ``..``, no
+  leading dot. Anything else is refused with HTTP 400 before a path is built.
+- Files that are symlinks to somewhere outside the datastore are not listed
+  (``--conf external_symlinks true`` lists them).
+- A label is checked against its image (readable, same voxel grid) before it
+  replaces anything; then it is written to a hidden temporary file and renamed
+  into place, so a crash leaves either the old label or the new one, whole.
+- ``datastore_v2.json`` is written the same way; a corrupt one (from an older
+  crash) is set aside and rebuilt from the files, which hold the labels.
+"""
+
+import fnmatch
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from typing import Any, Dict
+
+from fastapi import HTTPException
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from lib.validation import InputError, check_label_matches, check_volume_file
+
+logger = logging.getLogger(__name__)
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,199}$")
+
+
+def check_name(value: str, what: str) -> str:
+    if not isinstance(value, str) or not SAFE_NAME.match(value) or ".." in value:
+        raise HTTPException(status_code=400, detail=f"invalid {what} {value!r}: use letters, digits and . _ - + only")
+    return value
+
+
+def _inside(path: str, root: str) -> bool:
+    path, root = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([path, root]) == root
+
+
+def atomic_copy(src: str, dest: str):
+    """Copy then rename in the destination folder: readers never see a partial file."""
+    folder = os.path.dirname(dest)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".partial", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class SafeLocalDatastore(LocalDatastore):
+    def __init__(self, datastore_path: str, max_voxels: int, external_symlinks: bool = False, **kwargs):
+        self._max_voxels = max_voxels
+        self._external_symlinks = external_symlinks
+        self._set_aside_corrupt_config(datastore_path, kwargs.get("datastore_config", "datastore_v2.json"))
+        super().__init__(datastore_path, **kwargs)
+
+    @staticmethod
+    def _set_aside_corrupt_config(datastore_path: str, name: str):
+        path = os.path.join(datastore_path, name)
+        if not os.path.exists(path):
+            return
+        try:
+            with open(path) as f:
+                json.load(f)
+        except ValueError:
+            aside = f"{path}.corrupt-{int(time.time())}"
+            os.replace(path, aside)
+            logger.warning(f"{path} was unreadable; moved to {aside}; rebuilding the index from the files")
+
+    # -- listing ---------------------------------------------------------------------------------
+    def _list_files(self, path, patterns):
+        files = super()._list_files(path, patterns)
+        root = self._datastore_path
+        keep = {}
+        for name, f in files.items():
+            full = os.path.join(path, f)
+            if name.startswith(".") or not SAFE_NAME.match(name):
+                logger.warning(f"IGNORE:: {full}: not a safe file name")
+            elif not self._external_symlinks and not _inside(full, root):
+                logger.warning(f"IGNORE:: {full} links outside the datastore (--conf external_symlinks true)")
+            else:
+                keep[name] = f
+        return keep
+
+    def _update_datastore_file(self, lock=True):
+        """MONAI Label writes the index in place; write it to a temporary file and rename instead."""
+        def write():
+            self._ignore_event_config = True
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            fd, tmp = tempfile.mkstemp(prefix=".datastore.", suffix=".partial", dir=self._datastore_path)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._datastore_config_path)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def get_image_uri(self, image_id: str) -> str:
+        check_name(image_id, "image id")
+        uri = super().get_image_uri(image_id)
+        if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
+            raise HTTPException(status_code=403, detail=f"image {image_id!r} links outside the datastore")
+        return uri
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        check_name(label_id, "label id")
+        check_name(label_tag, "label tag")
+        uri = super().get_label_uri(label_id, label_tag)
+        if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
+            raise HTTPException(status_code=403, detail=f"label {label_id!r} links outside the datastore")
+        return uri
+
+    def get_image_info(self, image_id: str) -> Dict[str, Any]:
+        check_name(image_id, "image id")
+        return super().get_image_info(image_id)
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        check_name(label_id, "label id")
+        check_name(label_tag, "label tag")
+        return super().get_label_info(label_id, label_tag)
+
+    # -- writing ---------------------------------------------------------------------------------
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        """MONAI Label's add_image, refusing unsafe ids, unreadable volumes and overwrites."""
+        file_id, image_ext = self._to_id(os.path.basename(image_filename))
+        image_id = check_name(image_id or file_id, "image id")
+        name = self._filename(image_id, image_ext)
+        if not any(fnmatch.fnmatch(name, p) for p in self._extensions):
+            raise HTTPException(status_code=400, detail=f"image not added: {image_ext!r} is not one of {self._extensions}")
+        try:
+            check_volume_file(image_filename, self._max_voxels)
+        except InputError as e:
+            raise HTTPException(status_code=e.status, detail=f"image not added: {e}") from e
+        with FileLock(self._lock_file):
+            if image_id in self._datastore.objects:
+                raise HTTPException(status_code=409, detail=f"image {image_id!r} already exists; nothing was changed")
+            atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
+            info = dict(image_info or {})
+            info["ts"] = int(time.time())
+            info["name"] = name
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=image_ext))
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
+        check_name(image_id, "image id")
+        check_name(label_tag, "label tag")
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore; label not saved")
+        image_path = self.get_image_uri(image_id)
+        try:
+            check_label_matches(label_filename, image_path)
+        except InputError as e:
+            raise HTTPException(status_code=e.status, detail=f"label not saved: {e}") from e
+
+        _, label_ext = self._to_id(os.path.basename(label_filename))
+        label_path = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, label_ext)
+        with FileLock(self._lock_file):
+            os.makedirs(label_path, exist_ok=True)
+            old = obj.labels.get(label_tag)
+            atomic_copy(label_filename, os.path.join(label_path, name))
+            if old and old.ext != label_ext:  # the same label in another format: drop the stale file
+                stale = os.path.join(label_path, self._filename(image_id, old.ext))
+                if os.path.exists(stale):
+                    os.remove(stale)
+            info = dict(label_info or {})
+            info["ts"] = int(time.time())
+            info["name"] = name
+            obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        check_name(image_id, "image id")
+        if image_id not in self._datastore.objects:
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+        return super().remove_image(image_id)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_name(label_id, "label id")
+        check_name(label_tag, "label tag")
+        return super().remove_label(label_id, label_tag)
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        check_name(image_id, "image id")
+        return super().update_image_info(image_id, info)
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        check_name(label_id, "label id")
+        check_name(label_tag, "label tag")
+        return super().update_label_info(label_id, label_tag, info)
+

@@ -1,0 +1,132 @@
+"""Request checks MONAI Label's endpoints leave to the app, installed once the server is up.
+
+MONAI Label 0.8.5 answers malformed ``params`` JSON, an unknown training model and
+oversized uploads with a 500 or not at all. Its endpoint modules look their
+helpers up at call time (``infer.run_inference``, ``datastore.save_label``, ...),
+so we wrap those helpers with a check in front, and put one ASGI layer in front
+of the application for the upload size. Nothing in site-packages is edited.
+"""
+
+import functools
+import json
+import logging
+
+from fastapi import HTTPException
+
+from lib.datastore import check_name
+
+logger = logging.getLogger(__name__)
+
+# training parameters that name files on the server: set them with --conf or the CLI, not over HTTP
+_PATH_PARAMS = ("pretrained_path", "train_ds", "val_ds", "model_dir", "bundle_path", "output_dir")
+
+
+def parse_params(params) -> dict:
+    if params is None or params == "":
+        return {}
+    if isinstance(params, dict):
+        return params
+    try:
+        value = json.loads(params)
+    except (TypeError, ValueError) as e:
+        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise HTTPException(status_code=400, detail=f"params must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def check_train_params(model: str, params: dict, trainers) -> None:
+    if model and model not in trainers:
+        raise HTTPException(status_code=404, detail=f"Unknown training task {model!r}; available: {sorted(trainers)}")
+    if params is None:
+        return
+    if not isinstance(params, dict):
+        raise HTTPException(status_code=400, detail="params must be a JSON object")
+    blocks = [params] + [v for v in params.values() if isinstance(v, dict)]  # POST /train/ nests per model
+    for p in blocks:
+        for key, value in p.items():
+            if key in _PATH_PARAMS or key.endswith(("_path", "_dir", "_file")):
+                raise HTTPException(status_code=400,
+                                    detail=f"training parameter {key!r} names a server file; set it with --conf")
+        if "name" in p:
+            check_name(str(p["name"]), "training run name")
+
+
+class UploadLimit:
+    """ASGI layer: refuse request bodies over ``max_bytes`` (413) before they are read or stored."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length")
+        chunked = b"chunked" in headers.get(b"transfer-encoding", b"").lower()
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                return await self._answer(send, 400, "invalid Content-Length")
+            if n > self.max_bytes:
+                return await self._answer(send, 413, f"request body of {n} bytes is over this server's limit of "
+                                                     f"{self.max_bytes} bytes (--conf max_upload_mb)")
+        elif chunked:
+            return await self._answer(send, 411, "send uploads with a Content-Length")
+        return await self.app(scope, receive, send)
+
+    @staticmethod
+    async def _answer(send, status: int, detail: str):
+        body = json.dumps({"detail": detail}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def _wrap(module, name, check):
+    original = getattr(module, name)
+    if getattr(original, "_liver_cascade_guard", False):
+        return
+
+    @functools.wraps(original)
+    def guarded(*args, **kwargs):
+        check(*args, **kwargs)
+        return original(*args, **kwargs)
+
+    guarded._liver_cascade_guard = True
+    setattr(module, name, guarded)
+
+
+def install(app_instance, max_upload_bytes: int) -> None:
+    """Put the checks in front of MONAI Label's endpoints (idempotent)."""
+    import monailabel.app as server
+    from monailabel.endpoints import datastore, infer, train
+
+    def infer_check(background_tasks, model, image="", session_id="", params="{}", *a, **k):
+        parse_params(k.get("params", params))
+
+    def datastore_check(background_tasks, image=None, params="{}", *a, **k):
+        parse_params(k.get("params", params))
+
+    def train_check(model, params=None, *a, **k):
+        check_train_params(model, params, app_instance._trainers)
+
+    def train_all_check(params=None, *a, **k):
+        check_train_params("", params, app_instance._trainers)
+
+    _wrap(infer, "run_inference", infer_check)
+    _wrap(datastore, "save_label", datastore_check)
+    _wrap(datastore, "add_image", datastore_check)
+    _wrap(train, "run_model", train_check)
+    _wrap(train, "run", train_all_check)
+
+    stack = server.app.middleware_stack
+    if stack is not None and not isinstance(stack, UploadLimit):
+        server.app.middleware_stack = UploadLimit(stack, max_upload_bytes)
+    elif stack is None:  # not started yet: Starlette builds the stack on the first call
+        build = server.app.build_middleware_stack
+        server.app.build_middleware_stack = lambda: UploadLimit(build(), max_upload_bytes)
+    logger.info(f"request guard installed: uploads up to {max_upload_bytes} bytes")

@@ -1,0 +1,178 @@
+"""Checks on an input volume before it is loaded: readable, 3D, sane spacing, not too big.
+
+The header tells most of it, so a 40 GB volume or a 2D picture is refused without
+reading its voxels. `check_volume_file` raises :class:`InputError` with the HTTP
+status the server should answer with (400, or 413 for size).
+"""
+
+import gzip
+import os
+import zlib
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+CHUNK = 1 << 22
+
+
+class InputError(ValueError):
+    """The caller's file cannot be segmented; ``status`` is the HTTP answer."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Geometry:
+    shape: Tuple[int, ...]  # as stored, spatial axes first
+    affine: np.ndarray  # voxel -> RAS mm, 4x4
+    raw_spacing: Tuple[float, ...]  # as written in the header (may be 0 or negative)
+    data_bytes: Optional[int]  # uncompressed voxel bytes the header promises
+    data_offset: int  # where the voxels start in the (uncompressed) stream
+
+
+def _is_gz(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(2) == b"\x1f\x8b"
+
+
+def _nifti_geometry(path: str) -> Geometry:
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+    except Exception as e:
+        raise InputError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    hdr = img.header
+    shape = tuple(int(s) for s in img.shape)
+    pixdim = tuple(float(v) for v in hdr["pixdim"][1 : 1 + max(len(shape), 1)])
+    nbytes = int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize if shape else 0
+    return Geometry(shape, img.affine, pixdim, nbytes, int(hdr.get_data_offset()))
+
+
+def _nrrd_geometry(path: str) -> Geometry:
+    import nrrd
+
+    try:
+        hdr = nrrd.read_header(path)
+    except Exception as e:
+        raise InputError(f"not a readable NRRD file ({type(e).__name__}: {e})") from e
+    shape = tuple(int(s) for s in hdr.get("sizes", ()))
+    dirs = hdr.get("space directions")
+    if dirs is not None:
+        rows = [np.asarray(d, float) for d in dirs if d is not None and not np.all(np.isnan(np.asarray(d, float)))]
+        spacing = tuple(float(np.linalg.norm(r)) for r in rows)
+        m = np.eye(4)
+        for i, r in enumerate(rows[:3]):
+            m[: len(r), i] = r
+        origin = np.asarray(hdr.get("space origin", np.zeros(3)), float)
+        m[: len(origin), 3] = origin
+        if str(hdr.get("space", "")).lower() in ("left-posterior-superior", "lps"):
+            m = np.diag([-1, -1, 1, 1]) @ m
+    else:
+        spacing = tuple(float(s) for s in hdr.get("spacings", [1.0] * len(shape)))
+        m = np.diag(list(np.abs(spacing[:3])) + [1.0] * (4 - min(3, len(spacing))))
+    return Geometry(shape, m, spacing, None, 0)
+
+
+def _itk_geometry(path: str) -> Geometry:
+    import SimpleITK as sitk
+
+    try:
+        r = sitk.ImageFileReader()
+        r.SetFileName(path)
+        r.ReadImageInformation()
+    except Exception as e:
+        raise InputError(f"not a readable image file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    shape = tuple(int(s) for s in r.GetSize())
+    spacing = tuple(float(s) for s in r.GetSpacing())
+    d = np.asarray(r.GetDirection(), float).reshape(r.GetDimension(), r.GetDimension())
+    m = np.eye(4)
+    k = min(3, r.GetDimension())
+    m[:k, :k] = (d * np.asarray(spacing))[:k, :k]
+    m[:k, 3] = np.asarray(r.GetOrigin())[:k]
+    m = np.diag([-1, -1, 1, 1]) @ m  # ITK is LPS
+    return Geometry(shape, m, spacing, None, 0)
+
+
+def read_geometry(path: str) -> Geometry:
+    """Shape and voxel-to-RAS affine from the header only."""
+    if not os.path.isfile(path):
+        raise InputError("the image file is missing", status=404)
+    if os.path.getsize(path) == 0:
+        raise InputError("the file is empty")
+    name = path.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _nifti_geometry(path)
+    if name.endswith((".nrrd", ".nhdr")):
+        return _nrrd_geometry(path)
+    return _itk_geometry(path)
+
+
+def _check_complete(path: str, g: Geometry):
+    """The file holds all the voxels its header promises (a truncated upload is caught here)."""
+    if g.data_bytes is None:
+        return
+    need = g.data_offset + g.data_bytes
+    if _is_gz(path):
+        n = 0
+        try:
+            with gzip.open(path, "rb") as f:
+                while True:
+                    b = f.read(CHUNK)
+                    if not b:
+                        break
+                    n += len(b)
+                    if n >= need:
+                        break
+        except (EOFError, OSError, zlib.error) as e:
+            raise InputError(f"the compressed file is truncated or corrupt ({e})") from e
+    else:
+        n = os.path.getsize(path)
+    if n < need:
+        raise InputError(f"the file is truncated: {n} bytes of image data where the header promises {need}")
+
+
+def check_volume_file(path: str, max_voxels: int, min_in_plane: int = 16) -> Geometry:
+    """Refuse what the network cannot segment, from the header, before any voxel is loaded."""
+    g = read_geometry(path)
+    shape = g.shape
+    if len(shape) < 3:
+        raise InputError(f"a 3D CT volume is needed, got a {len(shape)}D image of shape {list(shape)}")
+    if any(s == 0 for s in shape):
+        raise InputError(f"the volume is empty (shape {list(shape)})")
+    extra = [s for s in shape[3:] if s != 1]
+    if extra:
+        raise InputError(f"a single 3D CT volume is needed, got a {len(shape)}D image of shape {list(shape)} "
+                         "(one time point or channel at a time)")
+    axial = int(np.argmax(np.abs(np.asarray(g.affine, float)[2, :3])))  # the stored axis closest to S-I
+    in_plane = [shape[i] for i in range(3) if i != axial]
+    if min(in_plane) < min_in_plane:
+        raise InputError(f"axial slices of {in_plane[0]}x{in_plane[1]} voxels are too small to segment "
+                         f"(at least {min_in_plane}x{min_in_plane})")
+    n = int(np.prod(shape[:3], dtype=np.int64))
+    if n > max_voxels:
+        raise InputError(f"the volume has {n} voxels ({'x'.join(map(str, shape[:3]))}); this server accepts at most "
+                         f"{max_voxels} (--conf max_voxels)", status=413)
+    raw = np.asarray(g.raw_spacing[:3], float)
+    cols = np.linalg.norm(np.asarray(g.affine, float)[:3, :3], axis=0)
+    if not np.all(np.isfinite(raw)) or np.any(raw <= 0) or not np.all(np.isfinite(cols)) or np.any(cols < 1e-6):
+        raise InputError(f"the voxel spacing {raw.tolist()} is invalid (must be finite and > 0 mm)")
+    _check_complete(path, g)
+    return g
+
+
+def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2) -> Geometry:
+    """A label must cover its image voxel for voxel (same shape, same place in space)."""
+    lab = read_geometry(label_path)
+    img = read_geometry(image_path)
+    if len(lab.shape) < 3 or lab.shape[:3] != img.shape[:3] or any(s != 1 for s in lab.shape[3:]):
+        raise InputError(f"the label's shape {list(lab.shape)} does not match its image's {list(img.shape)}")
+    la, ia = np.asarray(lab.affine, float), np.asarray(img.affine, float)
+    scale = max(1.0, float(np.abs(ia[:3, :3]).max()))
+    if not np.allclose(la[:3, :3], ia[:3, :3], atol=tol * scale) or not np.allclose(la[:3, 3], ia[:3, 3], atol=1.0):
+        raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
+    _check_complete(label_path, lab)
+    return lab
