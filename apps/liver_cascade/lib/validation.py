@@ -47,7 +47,11 @@ def _nifti_geometry(path: str) -> Geometry:
         raise InputError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
-    pixdim = tuple(float(v) for v in hdr["pixdim"][1 : 1 + max(len(shape), 1)])
+    from nibabel.openers import ImageOpener
+
+    with ImageOpener(path) as f:  # the header as written: nibabel's loader "fixes" 0 or negative pixdim
+        raw = type(hdr).from_fileobj(f, check=False)
+    pixdim = tuple(float(v) for v in raw["pixdim"][1 : 1 + max(len(shape), 1)])
     nbytes = int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize if shape else 0
     return Geometry(shape, img.affine, pixdim, nbytes, int(hdr.get_data_offset()))
 

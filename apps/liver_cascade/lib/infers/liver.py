@@ -188,7 +188,7 @@ class LiverSegmentation(BasicInferTask):
         try:
             parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
         except ValueError as e:
-            raise InvalidRequestError(str(e)) from e
+            raise InvalidRequestError(f"scales: {e}") from e
         return super().__call__(request, callbacks)
 
     # -- the cascade ----------------------------------------------------------

@@ -1,0 +1,196 @@
+"""Bad input gets a clear 4xx through the real server, nothing is lost, and the server keeps serving."""
+
+import gzip
+import io
+import json
+import struct
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+MAX_VOXELS = 4_000_000  # the server under test refuses volumes above this (--conf max_voxels)
+AFFINE = np.diag([3.6, 3.6, 5.0, 1.0])
+
+
+@pytest.fixture(scope="module")
+def phantom_ct():
+    import phantom
+
+    return phantom.generate_phantom(seed=5, n_slices=12, shape_xy=(96, 96), spacing=(3.6, 3.6, 5.0))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, phantom_ct):
+    from conftest import Server, copy_app, write_untrained_weights
+
+    studies = tmp_path_factory.mktemp("studies")
+    nib.save(nib.Nifti1Image(phantom_ct.image, phantom_ct.affine), str(studies / "ok.nii.gz"))
+    (studies / "labels" / "final").mkdir(parents=True)
+    nib.save(nib.Nifti1Image(phantom_ct.image, phantom_ct.affine), str(studies / "labelled.nii.gz"))
+    nib.save(nib.Nifti1Image(phantom_ct.label, phantom_ct.affine), str(studies / "labels" / "final" / "labelled.nii.gz"))
+    tmp = tmp_path_factory.mktemp("srv")
+    app = copy_app(tmp / "app", with_weights=False)
+    write_untrained_weights(app / "model")
+    s = Server(app, studies, {"skip_trainers": "true", "max_voxels": MAX_VOXELS, "max_upload_mb": 8}, tmp / "server.log")
+    s.studies = studies
+    yield s
+    s.stop()
+
+
+def nii_bytes(arr, affine=AFFINE, gz=True, pixdim=None, dims=None) -> bytes:
+    """A NIfTI-1 file; ``pixdim``/``dims`` are patched into the header bytes as a broken writer would
+    leave them (nibabel itself refuses to write such headers)."""
+    raw = bytearray(nib.Nifti1Image(arr, affine).to_bytes())
+    if pixdim is not None:
+        struct.pack_into("<3f", raw, 80, *pixdim)
+        struct.pack_into("<2h", raw, 252, 0, 0)  # qform_code, sform_code 0: the grid comes from pixdim
+    if dims is not None:
+        struct.pack_into("<4h", raw, 40, len(dims), *dims)
+    return gzip.compress(bytes(raw)) if gz else bytes(raw)
+
+
+def upload(server, data: bytes, name="x.nii.gz", params=None, model="liver_resnet"):
+    return requests.post(f"{server.url}/infer/{model}", data={"params": json.dumps(params or {})},
+                         files={"file": (name, io.BytesIO(data))}, timeout=300)
+
+
+def assert_still_serving(server):
+    assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200
+    r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"}, data={"params": "{}"}, timeout=300)
+    assert r.status_code == 200, r.text
+
+
+def bad_volumes(ct):
+    hu = ct.image.astype(np.int16)
+    f = hu.astype(np.float32)
+    nan, inf = f.copy(), f.copy()
+    nan[40:50, 40:50, 3] = np.nan
+    inf[10, 10, 2] = np.inf
+    mr = ((f - f.min()) / (f.max() - f.min()) * 1500).astype(np.int16)  # 0..1500, no air, no fat
+    good_gz = nii_bytes(hu)
+    return {
+        "not an image": (b"patient notes, not a volume\n" * 20, "notes.nii.gz", 400, "not a readable"),
+        "truncated .nii.gz": (good_gz[: len(good_gz) // 2], "x.nii.gz", 400, "truncated"),
+        "truncated .nii": (nii_bytes(hu, gz=False)[:5000], "x.nii", 400, "truncated"),
+        "empty volume": (nii_bytes(np.zeros((96, 96, 0), np.int16)), "x.nii.gz", 400, "empty"),
+        "2D image": (nii_bytes(hu[:, :, 0]), "x.nii.gz", 400, "3D"),
+        "4D image": (nii_bytes(np.stack([hu] * 3, axis=-1)), "x.nii.gz", 400, "4D"),
+        "NaN voxels": (nii_bytes(nan), "x.nii.gz", 400, "NaN"),
+        "infinite voxels": (nii_bytes(inf), "x.nii.gz", 400, "infinite"),
+        "MR-like intensities": (nii_bytes(mr), "x.nii.gz", 400, "Hounsfield"),
+        "zero spacing": (nii_bytes(hu, pixdim=(0.0, 3.6, 5.0)), "x.nii.gz", 400, "spacing"),
+        "negative spacing": (nii_bytes(hu, pixdim=(-3.6, 3.6, 5.0)), "x.nii.gz", 400, "spacing"),
+        "huge volume": (nii_bytes(np.zeros((4, 4, 4), np.int16), gz=False, dims=(1024, 1024, 4000)),
+                        "x.nii", 413, "max_voxels"),
+        "unsupported format": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "x.png", 400, "not a readable"),
+    }
+
+
+CASES = ["not an image", "truncated .nii.gz", "truncated .nii", "empty volume", "2D image", "4D image", "NaN voxels",
+         "infinite voxels", "MR-like intensities", "zero spacing", "negative spacing", "huge volume",
+         "unsupported format"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_volume_upload_is_refused(server, phantom_ct, case):
+    data, name, status, words = bad_volumes(phantom_ct)[case]
+    r = upload(server, data, name)
+    assert r.status_code == status, f"{case}: {r.status_code} {r.text}"
+    assert words.lower() in r.json()["detail"].lower(), r.text
+    assert_still_serving(server)
+
+
+def test_mr_like_volume_is_segmented_when_the_caller_says_so(server, phantom_ct):
+    f = phantom_ct.image.astype(np.float32)
+    mr = ((f - f.min()) / (f.max() - f.min()) * 1500).astype(np.int16)
+    r = upload(server, nii_bytes(mr), params={"allow_non_ct": True})
+    assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize("model,image,params,status,words", [
+    ("no_such_model", "ok", "{}", 404, "unknown model"),
+    ("liver_resnet", "no_such_image", "{}", 404, "not in the datastore"),
+    ("liver_resnet", "ok", "{not json", 400, "json"),
+    ("liver_resnet", "ok", "[1, 2]", 400, "object"),
+    ("liver_resnet", "ok", '{"scales": "abc"}', 400, "scales"),
+    ("liver_cascade", "ok", '{"foreground": [[1, 2]]}', 400, "foreground"),
+    ("liver_resnet", "ok", '{"result_extension": ".exe"}', 400, "result_extension"),
+    ("liver_resnet", "ok", '{"image": "/etc/hostname"}', 400, "invalid image id"),
+    ("liver_cascade", "ok", '{"label": "/etc/hostname"}', 400, "uploaded"),
+])
+def test_bad_request_is_refused(server, model, image, params, status, words):
+    r = requests.post(f"{server.url}/infer/{model}", params={"image": image}, data={"params": params}, timeout=300)
+    assert r.status_code == status, r.text
+    assert words.lower() in r.json()["detail"].lower(), r.text
+    assert_still_serving(server)
+
+
+def _labels(server):
+    ds = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
+    return {k: sorted(v.get("labels", {})) for k, v in ds["objects"].items()}
+
+
+@pytest.mark.parametrize("case", ["wrong shape", "wrong spacing", "not an image", "2D"])
+def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server, phantom_ct, case):
+    final = server.studies / "labels" / "final" / "labelled.nii.gz"
+    before_bytes, before_labels = final.read_bytes(), _labels(server)
+    lab = np.zeros(phantom_ct.image.shape, np.uint8)
+    data = {
+        "wrong shape": nii_bytes(lab[:50, :50, :5]),
+        "wrong spacing": nii_bytes(lab, affine=np.diag([1.0, 1.0, 1.0, 1.0])),
+        "not an image": b"not a label",
+        "2D": nii_bytes(lab[:, :, 0]),
+    }[case]
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "labelled", "tag": "final"},
+                     files={"label": ("labelled.nii.gz", io.BytesIO(data))}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "not saved" in r.json()["detail"]
+    assert final.read_bytes() == before_bytes  # the annotator's label is untouched
+    assert _labels(server) == before_labels
+    assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]  # no partial file left behind
+    # a label that fits is saved, and replaces the old one whole
+    good = phantom_ct.label.copy()
+    good[good == 2] = 1
+    r = requests.put(f"{server.url}/datastore/label", params={"image": "labelled", "tag": "final"},
+                     files={"label": ("labelled.nii.gz", io.BytesIO(nii_bytes(good, affine=phantom_ct.affine)))},
+                     timeout=60)
+    assert r.status_code == 200, r.text
+    assert np.array_equal(np.asarray(nib.load(str(final)).dataobj), good)
+    nib.save(nib.Nifti1Image(phantom_ct.label, phantom_ct.affine), str(final))  # restore for the next case
+    assert_still_serving(server)
+
+
+def test_add_image_refuses_bad_volumes_and_overwrites(server, phantom_ct):
+    vols = bad_volumes(phantom_ct)
+    for case in ("truncated .nii.gz", "2D image", "huge volume"):
+        data, name, status, _ = vols[case]
+        r = requests.put(f"{server.url}/datastore/image", params={"image": "new_case"},
+                         files={"file": (name, io.BytesIO(data))}, timeout=60)
+        assert r.status_code == status, f"{case}: {r.text}"
+    assert "new_case" not in _labels(server)
+    r = requests.put(f"{server.url}/datastore/image", params={"image": "ok"},
+                     files={"file": ("ok.nii.gz", io.BytesIO(nii_bytes(phantom_ct.image.astype(np.int16))))}, timeout=60)
+    assert r.status_code == 409, r.text  # an existing image (and its labels) is never overwritten
+    r = requests.put(f"{server.url}/datastore/image", params={"image": "new_case"},
+                     files={"file": ("new.nii.gz", io.BytesIO(nii_bytes(phantom_ct.image.astype(np.int16))))},
+                     timeout=60)
+    assert r.status_code == 200, r.text
+    assert "new_case" in _labels(server)
+    assert_still_serving(server)
+
+
+def test_upload_over_the_size_limit_is_refused_before_it_is_stored(server):
+    big = b"\0" * (9 * 1024 * 1024)  # the server is started with max_upload_mb 8
+    r = upload(server, big, "big.nii")
+    assert r.status_code == 413, r.text
+    assert "max_upload_mb" in r.json()["detail"]
+    assert_still_serving(server)
+
+
+def test_training_requests_are_checked(server):
+    # this server has no trainers: any model is unknown
+    r = requests.post(f"{server.url}/train/liver_resnet", json={}, timeout=30)
+    assert r.status_code == 404, r.text
+    assert_still_serving(server)
