@@ -29,13 +29,15 @@ def free_port() -> int:
 class Server:
     """A real `monailabel start_server` on a copy of the app (own model dir)."""
 
-    def __init__(self, app_dir: Path, studies: Path, conf: dict, log: Path):
+    def __init__(self, app_dir: Path, studies: Path, conf: dict, log: Path, extra_env: dict = None, ready=(200,)):
         self.port = free_port()
+        self.ready = ready
         self.url = f"http://127.0.0.1:{self.port}"
         env = dict(os.environ)
         venv_bin = str(Path(sys.executable).parent)
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")  # monailabel runs `python` from PATH
         env["MONAI_LABEL_TRACKING_ENABLED"] = "false"
+        env.update(extra_env or {})
         cmd = [str(Path(venv_bin) / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
                "--host", "127.0.0.1", "--port", str(self.port)]
         for k, v in conf.items():
@@ -53,7 +55,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited:\n{self.log.read_text()[-4000:]}")
             try:
-                if requests.get(self.url + "/info/", timeout=2).status_code == 200:
+                if requests.get(self.url + "/info/", timeout=2).status_code in self.ready:
                     return
             except requests.RequestException:
                 pass

@@ -130,12 +130,13 @@ class SafeLocalDatastore(LocalDatastore):
         return uri
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
-        check_name(image_id, "image id")
+        if not self.get_image_uri(image_id):
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
         return super().get_image_info(image_id)
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
-        check_name(label_id, "label id")
-        check_name(label_tag, "label tag")
+        if not self.get_label_uri(label_id, label_tag):
+            raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
         return super().get_label_info(label_id, label_tag)
 
     # -- writing ---------------------------------------------------------------------------------
@@ -151,9 +152,12 @@ class SafeLocalDatastore(LocalDatastore):
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"image not added: {e}") from e
         with FileLock(self._lock_file):
-            if image_id in self._datastore.objects:
+            dest = os.path.join(self._datastore.image_path(), name)
+            taken = [self._filename(image_id, e.replace("*", "")) for e in self._extensions]  # one file per id
+            if image_id in self._datastore.objects or any(
+                    os.path.lexists(os.path.join(self._datastore.image_path(), t)) for t in taken):
                 raise HTTPException(status_code=409, detail=f"image {image_id!r} already exists; nothing was changed")
-            atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
+            atomic_copy(image_filename, dest)
             info = dict(image_info or {})
             info["ts"] = int(time.time())
             info["name"] = name
@@ -198,8 +202,8 @@ class SafeLocalDatastore(LocalDatastore):
         return super().remove_image(image_id)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        check_name(label_id, "label id")
-        check_name(label_tag, "label tag")
+        if not self.get_label_uri(label_id, label_tag):
+            raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
         return super().remove_label(label_id, label_tag)
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:

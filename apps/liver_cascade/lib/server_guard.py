@@ -1,7 +1,8 @@
 """Request checks MONAI Label's endpoints leave to the app, installed once the server is up.
 
 MONAI Label 0.8.5 answers malformed ``params`` JSON, an unknown training model and
-oversized uploads with a 500 or not at all. Its endpoint modules look their
+oversized uploads with a 500 or not at all, and with authentication on it rejects
+every token (see :class:`_JWTWithAlgorithms`). Its endpoint modules look their
 helpers up at call time (``infer.run_inference``, ``datastore.save_label``, ...),
 so we wrap those helpers with a check in front, and put one ASGI layer in front
 of the application for the upload size. Nothing in site-packages is edited.
@@ -86,6 +87,24 @@ class UploadLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+class _JWTWithAlgorithms:
+    """MONAI Label 0.8.5 verifies tokens with ``jwt.decode(token, key, options=...)``; PyJWT 2 refuses
+    any decode without ``algorithms``, so with authentication on every token was rejected. Keycloak
+    signs with RS256."""
+
+    ALGORITHMS = ["RS256"]
+
+    def __init__(self, jwt):
+        self._jwt = jwt
+
+    def __getattr__(self, name):
+        return getattr(self._jwt, name)
+
+    def decode(self, token, key=None, **kwargs):
+        kwargs.setdefault("algorithms", self.ALGORITHMS)
+        return self._jwt.decode(token, key, **kwargs)
+
+
 def _wrap(module, name, check):
     original = getattr(module, name)
     if getattr(original, "_liver_cascade_guard", False):
@@ -116,6 +135,11 @@ def install(app_instance, max_upload_bytes: int) -> None:
 
     def train_all_check(params=None, *a, **k):
         check_train_params("", params, app_instance._trainers)
+
+    from monailabel.endpoints.user import auth
+
+    if not isinstance(auth.jwt, _JWTWithAlgorithms):
+        auth.jwt = _JWTWithAlgorithms(auth.jwt)
 
     _wrap(infer, "run_inference", infer_check)
     _wrap(datastore, "save_label", datastore_check)
