@@ -14,6 +14,7 @@ from typing import Dict
 
 import lib.configs
 from fastapi import HTTPException
+from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -27,8 +28,10 @@ from monailabel.utils.others.generic import strtobool
 
 from lib.conf import AppConf
 from lib.datastore import SafeLocalDatastore
+from lib.dicomweb import create_dicomweb_datastore
 from lib.infers import InvalidRequestError
 from lib.model_io import ModelNotReadyError
+from lib.ohif import serve_ohif_nested_paths
 from lib.validation import InputError, check_volume_file
 
 logger = logging.getLogger(__name__)
@@ -41,7 +44,7 @@ class LiverCascadeApp(MONAILabelApp):
         self.model_dir = os.path.join(app_dir, "model")
         self.app_conf = AppConf.from_conf(conf)
         # one inference at a time in this process (HTTP, scoring, active learning): bounded memory
-        self._infer_slots = threading.Semaphore(max(1, int(conf.get("max_parallel_infers", "1"))))
+        self._infer_slots = threading.Semaphore(self.app_conf.max_parallel_infers)
 
         configs = {}
         for c in get_class_names(lib.configs, "TaskConfig"):
@@ -92,8 +95,11 @@ class LiverCascadeApp(MONAILabelApp):
         super().on_init_complete()
 
     def init_remote_datastore(self) -> Datastore:
-        """DICOMweb studies (Orthanc for OHIF); see docs for `make serve-dicomweb`."""
-        return super().init_remote_datastore()
+        """DICOMweb studies (Orthanc for OHIF, `make serve-dicomweb`): offline DICOM SEG, OHIF's files served."""
+        if settings.MONAI_LABEL_DATASTORE.lower() in ("xnat", "dsa"):
+            return super().init_remote_datastore()
+        serve_ohif_nested_paths()
+        return create_dicomweb_datastore(self.studies)
 
     def init_infers(self) -> Dict[str, InferTask]:
         infers: Dict[str, InferTask] = {}

@@ -49,6 +49,7 @@ class AppConf:
     max_voxels: int  # larger volumes are refused (HTTP 413) from their header, before loading
     max_upload_mb: float  # larger request bodies are refused (HTTP 413) before they are stored
     external_symlinks: bool  # list datastore files that are symlinks to places outside the datastore
+    max_parallel_infers: int  # inferences at once in the server process; more requests wait in line
 
     @classmethod
     def from_conf(cls, conf: Dict[str, str]) -> "AppConf":
@@ -71,4 +72,5 @@ class AppConf:
             max_voxels=int(float(conf.get("max_voxels", 512 * 512 * 1000))),
             max_upload_mb=float(conf.get("max_upload_mb", 1024)),
             external_symlinks=_bool(conf.get("external_symlinks", "false")),
+            max_parallel_infers=max(1, int(conf.get("max_parallel_infers", "1"))),
         )

@@ -64,7 +64,17 @@ class SafeLocalDatastore(LocalDatastore):
         self._max_voxels = max_voxels
         self._external_symlinks = external_symlinks
         self._set_aside_corrupt_config(datastore_path, kwargs.get("datastore_config", "datastore_v2.json"))
+        self._remove_partial_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
+
+    @staticmethod
+    def _remove_partial_files(datastore_path: str):
+        """Temporary files of writes that a crash interrupted (never listed; the old file is intact)."""
+        for folder, _, files in os.walk(datastore_path):
+            for f in files:
+                if f.startswith(".") and f.endswith(".partial"):
+                    os.remove(os.path.join(folder, f))
+                    logger.warning(f"removed {os.path.join(folder, f)}: an interrupted write")
 
     @staticmethod
     def _set_aside_corrupt_config(datastore_path: str, name: str):
