@@ -20,7 +20,7 @@ import torch
 from ignite.engine import Events
 from monai.handlers import IgniteMetricHandler, LrScheduleHandler, from_engine
 from monai.inferers import Inferer
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 from monai.metrics import DiceMetric
 from monai.transforms import (
     Activationsd,
@@ -64,6 +64,7 @@ RECIPE = {
     "none_ratio": 1.0,
     "liver_ratio": 0.0,
     "dice_weight": 0.0,  # 0: per-pixel cross-entropy only (the paper)
+    "lesion_weight": 1.0,  # cross-entropy weight of the lesion class (1: unweighted, the paper)
     "zoom": "0.8,1.2",
     "flip_prob": 0.5,
     "val_split": 0.2,
@@ -72,6 +73,23 @@ RECIPE = {
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
 }
+
+
+class ClassWeightedDiceCELoss(torch.nn.Module):
+    """Cross-entropy with per-class weights plus MONAI's Dice on the foreground classes.
+
+    (MONAI's DiceCELoss shares one weight vector between its Dice, which drops the
+    background channel, and its cross-entropy, which keeps it.)"""
+
+    def __init__(self, dice_weight: float, class_weights: List[float]):
+        super().__init__()
+        self.dice_weight = dice_weight
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False)
+        self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
+
+    def forward(self, logits, target):
+        ce = torch.nn.functional.cross_entropy(logits, target[:, 0].long(), weight=self.class_weights)
+        return ce + self.dice_weight * self.dice(logits, target) if self.dice_weight else ce
 
 
 def lr_factor(epoch: int, max_epochs: int, lr: float, lr2: float, first_phase: float) -> float:
@@ -167,7 +185,10 @@ class LiverSliceTrainer(BasicTrainTask):
 
     def loss_function(self, context: Context):
         w = float(context.request.get("dice_weight", 0.0))
-        return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=w, lambda_ce=1.0, include_background=False)
+        lesion = float(context.request.get("lesion_weight", 1.0))
+        if lesion == 1.0:
+            return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=w, lambda_ce=1.0, include_background=False)
+        return ClassWeightedDiceCELoss(w, [1.0, 1.0, lesion])
 
     def _load_checkpoint(self, context, train_handlers):
         return  # initialisation happens in network(): our own checkpoint format
