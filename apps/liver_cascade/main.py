@@ -162,7 +162,8 @@ class LiverCascadeApp(MONAILabelApp):
             request.setdefault("save_label", True)
         if path and os.path.isfile(path):
             try:
-                check_volume_file(path, self.app_conf.max_voxels)
+                # uploads are scanned whole (a truncated upload is common); datastore files were vetted
+                check_volume_file(path, self.app_conf.max_voxels, verify_data=self._is_upload(path))
             except InputError as e:
                 raise HTTPException(status_code=e.status, detail=f"Image {request.get('image')!r}: {e}") from e
         if request.get("label") and not self._is_upload(request["label"]):
