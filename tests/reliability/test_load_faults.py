@@ -227,3 +227,12 @@ def test_killed_server_keeps_every_saved_label_and_saves_are_atomic(setup, refs)
         json.loads((studies / "datastore_v2.json").read_text())
     finally:
         srv.stop()
+
+    # an index broken by some older crash is set aside and rebuilt from the label files
+    (studies / "datastore_v2.json").write_text('{"name": "new-dataset", "objects": {"case0": ')
+    srv = start(setup, "kill4")
+    try:
+        assert final_labels(srv) == expected
+        assert list(studies.glob("datastore_v2.json.corrupt-*"))
+    finally:
+        srv.stop()
