@@ -1,0 +1,316 @@
+"""DICOMweb studies (Orthanc, for OHIF): MONAI Label's DICOMweb datastore, made to work offline.
+
+What changes against monailabel 0.8.5's own DICOMWebDatastore:
+- final labels are written as DICOM SEG here with pydicom-seg (monailabel downloads dcmqi's
+  `itkimage2segimage` at start-up, which needs the internet), with our segment names, codes
+  and colours from lib/settings.py;
+- a series' label is built from *every* SEG in the server that references it, segments
+  matched by name (a TCIA case ships its liver and its tumour as two SEG objects); per
+  structure the newest SEG wins, lesion drawn over liver;
+- a series is converted from its majority-orientation slices only (scanners put a
+  localizer into the same series);
+- series and label lists are cached for seconds, not monailabel's two hours, so a new
+  upload or a saved SEG shows at once.
+"""
+
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pydicom
+import pydicom_seg
+import SimpleITK as sitk
+from cachetools import TTLCache
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.utils.convert import binary_to_image
+from monailabel.datastore.utils.dicom import dicom_web_download_series
+from monailabel.interfaces.datastore import DefaultLabelTag
+from pydicom.dataset import Dataset
+
+from lib.settings import BACKGROUND, LABEL_COLORS, LABELS
+
+logger = logging.getLogger(__name__)
+
+LIST_CACHE_SECONDS = 10
+# ContentDescription of the SEGs this app writes: such a SEG is a whole label (both structures).
+FINAL_LABEL_CONTENT = "liver_cascade final label"
+
+# SNOMED CT codes for the SEG segments (category, type), as DICOM's CID 7150/7151/7153 use them.
+SEGMENT_CODES = {
+    "liver": (("123037004", "SCT", "Anatomical Structure"), ("10200004", "SCT", "Liver")),
+    "lesion": (("49755003", "SCT", "Morphologically Altered Structure"), ("52988006", "SCT", "Lesion")),
+}
+
+
+def create_dicomweb_datastore(studies: str, cache_path: Optional[str] = None) -> "LiverDICOMWebDatastore":
+    """The datastore for `--studies http://.../dicom-web`, without monailabel's dcmqi download.
+
+    The local cache is `cache_path`, else MONAI Label's settings (MONAI_LABEL_DATASTORE_CACHE_PATH),
+    else ~/.cache/monailabel/dicom/."""
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    session = None
+    if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+        session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+    client = DICOMwebClientX(url=studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+    cache = (cache_path or settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
+    return LiverDICOMWebDatastore(client, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
+                                  cache_path=cache or None, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME)
+
+
+# ----------------------------------------------------------------------------
+# DICOM <-> label map
+# ----------------------------------------------------------------------------
+
+
+def axial_series_files(series_dir: str) -> List[str]:
+    """The series' image files in the majority orientation, sorted along the slice normal."""
+    headers = []
+    for f in sorted(Path(series_dir).iterdir()):
+        ds = pydicom.dcmread(str(f), stop_before_pixels=True, force=True)
+        if "ImageOrientationPatient" in ds and "ImagePositionPatient" in ds:
+            headers.append((str(f), tuple(round(float(v), 3) for v in ds.ImageOrientationPatient),
+                            [float(v) for v in ds.ImagePositionPatient]))
+    if not headers:
+        raise ValueError(f"No image slices with a position in {series_dir}")
+    orientation, _ = Counter(h[1] for h in headers).most_common(1)[0]
+    normal = np.cross(orientation[:3], orientation[3:])
+    kept = sorted((h for h in headers if h[1] == orientation), key=lambda h: float(np.dot(normal, h[2])))
+    if len(kept) < len(headers):
+        logger.info(f"{series_dir}: {len(headers) - len(kept)} slice(s) in another orientation left out")
+    return [h[0] for h in kept]
+
+
+def series_to_nifti(series_dir: str, out_file: str) -> str:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(axial_series_files(series_dir))
+    sitk.WriteImage(reader.Execute(), out_file)
+    return out_file
+
+
+def segment_value(name: str) -> Optional[int]:
+    """Our label value for a SEG segment name ('Liver', 'Tumor', 'liver lesion', ...); None if neither."""
+    n = name.strip().lower()
+    if n in LABELS:
+        return LABELS[n]
+    if any(k in n for k in ("lesion", "tumor", "tumour", "cancer", "metasta")):
+        return LABELS["lesion"]
+    return LABELS["liver"] if "liver" in n else None
+
+
+def seg_to_label(seg_files: List[str], reference: sitk.Image) -> sitk.Image:
+    """One label map (our values) on `reference`'s grid from SEG files ordered oldest first.
+
+    Per structure the newest SEG that has it wins; a SEG written by this app is a whole label."""
+    masks: Dict[int, sitk.Image] = {}
+    reader = pydicom_seg.SegmentReader()
+    for f in seg_files:
+        dcm = pydicom.dcmread(f)
+        if dcm.get("ContentDescription") == FINAL_LABEL_CONTENT:
+            masks.clear()
+        result = reader.read(dcm)
+        for number, info in result.segment_infos.items():
+            value = segment_value(str(info.get("SegmentLabel", "")))
+            if value is None or number not in result.available_segments:
+                logger.info(f"{f}: segment {number} {info.get('SegmentLabel')!r} is not liver or lesion; ignored")
+                continue
+            mask = sitk.Resample(result.segment_image(number), reference, sitk.Transform(), sitk.sitkNearestNeighbor,
+                                 0, sitk.sitkUInt8)
+            masks[value] = mask  # newest SEG wins per structure
+    label = np.full(sitk.GetArrayViewFromImage(reference).shape, BACKGROUND, np.uint8)
+    for value in sorted(masks):  # liver (1) first, lesion (2) over it
+        label[sitk.GetArrayViewFromImage(masks[value]) > 0] = value
+    out = sitk.GetImageFromArray(label)
+    out.CopyInformation(reference)
+    return out
+
+
+def label_to_seg(label: sitk.Image, source_files: List[str], description: str) -> pydicom.Dataset:
+    """A DICOM SEG (one segment per label value present) referencing the source slices."""
+    values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {BACKGROUND}
+    unknown = values - set(LABELS.values())
+    if unknown:
+        raise ValueError(f"label values {sorted(unknown)} are not in {LABELS}")
+    if not values:
+        raise ValueError("the label is empty: nothing to store as DICOM SEG")
+    attributes = []
+    for name, value in LABELS.items():
+        category, kind = SEGMENT_CODES[name]
+        attributes.append({
+            "labelID": value,
+            "SegmentLabel": name,
+            "SegmentDescription": name,
+            "SegmentAlgorithmType": "SEMIAUTOMATIC",
+            "SegmentAlgorithmName": "liver_cascade",
+            "SegmentedPropertyCategoryCodeSequence": dict(zip(("CodeValue", "CodingSchemeDesignator", "CodeMeaning"),
+                                                              category)),
+            "SegmentedPropertyTypeCodeSequence": dict(zip(("CodeValue", "CodingSchemeDesignator", "CodeMeaning"),
+                                                          kind)),
+            "recommendedDisplayRGBValue": list(LABEL_COLORS[name]),
+        })
+    template = pydicom_seg.template.from_dcmqi_metainfo({
+        "ContentCreatorName": "MONAILabel^liver_cascade",
+        "ClinicalTrialSeriesID": "liver_cascade",
+        "ClinicalTrialTimePointID": "1",
+        "ClinicalTrialCoordinatingCenterName": "MONAI Label",
+        "SeriesDescription": description,
+        "SeriesNumber": "300",
+        "InstanceNumber": "1",
+        "BodyPartExamined": "ABDOMEN",
+        "ContentLabel": "SEGMENTATION",
+        "ContentDescription": FINAL_LABEL_CONTENT,
+        "segmentAttributes": [attributes],
+    })
+    writer = pydicom_seg.MultiClassWriter(template=template, inplane_cropping=False, skip_empty_slices=True,
+                                          skip_missing_segment=False)
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+    dcm = writer.write(sitk.Cast(label, sitk.sitkUInt8), sources)
+    now = time.strftime("%Y%m%d%H%M%S")
+    dcm.SeriesDate = dcm.ContentDate = now[:8]
+    dcm.SeriesTime = dcm.ContentTime = now[8:]
+    return dcm
+
+
+# ----------------------------------------------------------------------------
+# datastore
+# ----------------------------------------------------------------------------
+
+
+class LiverDICOMWebDatastore(DICOMWebDatastore):
+    def __init__(self, client, search_filter: Dict[str, Any], cache_path: Optional[str] = None, fetch_by_frame=False):
+        super().__init__(client, search_filter, cache_path, fetch_by_frame, convert_to_nifti=True)
+        self._seg_refs: Dict[str, dict] = {}  # SEG series uid -> referenced series, study, time (SEGs don't change)
+        self._lists = TTLCache(maxsize=4, ttl=LIST_CACHE_SECONDS)
+        self._lock = threading.RLock()
+
+    def _cached(self, key: str, compute):
+        with self._lock:
+            if key not in self._lists:
+                self._lists[key] = compute()
+            return self._lists[key]
+
+    def _series_dir(self, series_uid: str, kind: str = "images") -> str:
+        base = self._datastore.image_path() if kind == "images" else os.path.join(self._datastore_path, ".segs")
+        return os.path.realpath(os.path.join(base, series_uid))
+
+    def _download(self, series_uid: str, kind: str = "images") -> str:
+        folder = self._series_dir(series_uid, kind)
+        if not os.path.isdir(folder) or not os.listdir(folder):
+            dicom_web_download_series(None, series_uid, folder, self._client, self._fetch_by_frame)
+        return folder
+
+    def get_image_uri(self, image_id: str) -> str:
+        if image_id not in self.list_images():
+            return ""
+        nii = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
+        if not os.path.exists(nii):
+            series_dir = self._download(image_id)
+            with tempfile.TemporaryDirectory() as tmp:
+                LocalDatastore.add_image(self, image_id, series_to_nifti(series_dir, os.path.join(tmp, "image.nii.gz")),
+                                         self._dicom_info(image_id))
+        return nii
+
+    def list_images(self) -> List[str]:
+        def search():
+            datasets = self._client.search_for_series(search_filters=self._search_filter)
+            return [str(Dataset.from_json(ds)["SeriesInstanceUID"].value) for ds in datasets]
+
+        return self._cached("images", search)
+
+    def _segs_by_image(self) -> Dict[str, List[str]]:
+        """Image series uid -> its SEG series uids, oldest first."""
+        by_image: Dict[str, List[str]] = {}
+        for ds in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            seg = Dataset.from_json(ds)
+            uid, study = str(seg.SeriesInstanceUID), str(seg.StudyInstanceUID)
+            if uid not in self._seg_refs:
+                meta = Dataset.from_json(self._client.retrieve_series_metadata(study, uid)[0])
+                refs = meta.get("ReferencedSeriesSequence")
+                self._seg_refs[uid] = {
+                    "image": str(refs[0].SeriesInstanceUID) if refs else "",
+                    "study": study,
+                    "when": f"{meta.get('ContentDate', '')}{meta.get('ContentTime', '')}",
+                }
+            ref = self._seg_refs[uid]
+            if ref["image"]:
+                by_image.setdefault(ref["image"], []).append(uid)
+        images = set(self.list_images())
+        return {k: sorted(v, key=lambda u: (self._seg_refs[u]["when"], u)) for k, v in by_image.items() if k in images}
+
+    def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        return self._cached("labeled", lambda: sorted(self._segs_by_image()))
+
+    def get_unlabeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
+        labeled = set(self.get_labeled_images())
+        return [i for i in self.list_images() if i not in labeled]
+
+    def sync_label(self, image_id: str, seg_uids: List[str]) -> str:
+        """The local final label of `image_id`, rebuilt when the set of SEGs referencing it changed."""
+        current = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL)
+        uri = LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
+        if uri and os.path.exists(uri) and current.get("seg_series") == seg_uids:
+            return uri
+        reference = sitk.ReadImage(self.get_image_uri(image_id))
+        files = [os.path.join(d, sorted(os.listdir(d))[0]) for d in (self._download(u, "segs") for u in seg_uids)]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = os.path.join(tmp, "label.nii.gz")
+            sitk.WriteImage(seg_to_label(files, reference), out, True)
+            info = dict(self._dicom_info(image_id), seg_series=seg_uids)
+            LocalDatastore.save_label(self, image_id, out, DefaultLabelTag.FINAL, info)
+        return LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        image_id = image_id or label_id
+        if label_tag == DefaultLabelTag.FINAL:
+            segs = self._segs_by_image().get(image_id)
+            if segs:
+                return self.sync_label(image_id, segs)
+        return LocalDatastore.get_label_uri(self, label_id, label_tag)
+
+    def _download_labeled_data(self):
+        segs = self._segs_by_image()
+        for image_id in LocalDatastore.get_labeled_images(self):
+            if image_id not in segs:  # its SEG was deleted from the server
+                logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
+                LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
+        for image_id, uids in segs.items():
+            self.sync_label(image_id, uids)
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
+                   label_id: str = "") -> str:
+        image_uri = self.get_image_uri(image_id)
+        if not image_uri:
+            raise ValueError(f"Image {image_id} is not a series of {self.name()}")
+        tmp = None
+        if "".join(Path(label_filename).suffixes) == ".bin":  # OHIF sends the raw voxel array
+            label_filename = tmp = binary_to_image(image_uri, label_filename)
+        try:
+            if label_tag != DefaultLabelTag.FINAL:
+                return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+            reference = sitk.ReadImage(image_uri)
+            label = sitk.Resample(sitk.ReadImage(label_filename), reference, sitk.Transform(),
+                                  sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            dcm = label_to_seg(label, axial_series_files(self._download(image_id)), "liver_cascade")
+            self._client.store_instances([dcm])
+            seg_uid = str(dcm.SeriesInstanceUID)
+            self._seg_refs[seg_uid] = {"image": image_id, "study": str(dcm.StudyInstanceUID),
+                                       "when": f"{dcm.ContentDate}{dcm.ContentTime}"}
+            with self._lock:
+                self._lists.clear()
+            logger.info(f"{image_id}: final label stored as DICOM SEG series {seg_uid}")
+            self.sync_label(image_id, self._segs_by_image()[image_id])  # read back from the server
+            return image_id
+        finally:
+            if tmp:
+                os.unlink(tmp)

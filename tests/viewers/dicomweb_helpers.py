@@ -1,0 +1,41 @@
+"""Helpers shared by tests/viewers (a second conftest.py cannot import the first one by name)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "viewers" / "orthanc"))
+
+from orthanc_server import missing_packages  # noqa: E402
+
+
+def _root_conftest():
+    """tests/conftest.py (Server, copy_app, free_port), loaded under its own name."""
+    spec = importlib.util.spec_from_file_location("liver_cascade_root_conftest", ROOT / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helpers = _root_conftest()
+
+
+def require_orthanc():
+    missing = missing_packages()
+    if missing:
+        pytest.skip(f"Debian packages not installed: {' '.join(missing)} (.ci/run installs them with apt-get)")
+
+
+def series_uid(phantom_series, name: str) -> str:
+    return phantom_series[1][name]["series_uid"]
+
+
+def label_values(path) -> dict:
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    return {int(v): int(n) for v, n in zip(*np.unique(arr, return_counts=True))}
