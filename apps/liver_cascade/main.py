@@ -182,12 +182,8 @@ class LiverCascadeApp(MONAILabelApp):
             raise HTTPException(status_code=400, detail="image: a datastore image id or an uploaded file is needed")
         if self._is_upload(image):
             return image
-        if isinstance(ds, SafeLocalDatastore):
-            uri = ds.get_image_uri(image)  # 400 for unsafe ids, 403 for links outside the datastore
-            if not uri:
-                raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
-            return uri
-        uri = ds.get_image_uri(image)  # DICOMweb: the series is fetched into the datastore's cache
+        # local: 400 for unsafe ids, 403 for links out of the datastore; DICOMweb: the series is fetched
+        uri = ds.get_image_uri(image)
         if not uri:
             raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
         return uri
