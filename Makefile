@@ -1,6 +1,7 @@
 # liver_cascade: two commands do all the set-up.
 #   make serve   venv + install + sample data + MONAI Label server on 127.0.0.1:8000
 #   make test    the same set-up, then the whole test suite
+#   make serve-dicomweb   Orthanc (DICOMweb) with the DICOM series + MONAI Label on it, for OHIF
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONF ?=
 
-.PHONY: serve test install sample-data weights benchmark benchmark-gpu clean
+.PHONY: serve serve-dicomweb viewer-packages test install sample-data weights benchmark benchmark-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +33,17 @@ serve: install sample-data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" MONAI_LABEL_TRACKING_ENABLED=false \
 	  $(VENV)/bin/monailabel start_server --app apps/liver_cascade --studies $(STUDIES) \
 	  --host $(HOST) --port $(PORT) $(CONF)
+
+# OHIF at http://$(HOST):$(PORT)/ohif/; Orthanc (storage data-local/orthanc) on 127.0.0.1:$(ORTHANC_PORT). README: "Use it from OHIF".
+ORTHANC_PORT ?= 8042
+serve-dicomweb: install sample-data viewer-packages
+	$(PY) viewers/orthanc/serve_dicomweb.py --orthanc-port $(ORTHANC_PORT) --host $(HOST) --port $(PORT) -- $(CONF)
+
+# Debian packages for Orthanc + DICOMweb and the OHIF browser test (root; .ci/run does this too).
+VIEWER_DEBS := orthanc orthanc-dicomweb chromium
+viewer-packages:
+	@if ! command -v Orthanc >/dev/null || [ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || ! command -v chromium >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(VIEWER_DEBS); fi
 
 test: install sample-data
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest tests -q -rs

@@ -9,6 +9,7 @@ place. OHIF: http://127.0.0.1:<port>/ohif/. Ctrl-C stops both servers.
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,11 +40,22 @@ def main(argv=None) -> int:
                "--studies", orthanc.dicomweb, "--host", args.host, "--port", str(args.port), *args.monailabel_args]
         print(f"OHIF: http://{args.host}:{args.port}/ohif/", flush=True)
         server = subprocess.Popen(cmd, env=env)
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops both servers, as Ctrl-C does
         try:
             return server.wait()
         except KeyboardInterrupt:
-            server.terminate()
-            return server.wait()
+            return 0
+        finally:
+            if server.poll() is None:
+                server.terminate()
+                try:
+                    server.wait(30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
