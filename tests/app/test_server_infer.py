@@ -25,7 +25,7 @@ def studies(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, studies):
-    from conftest import Server, copy_app, write_untrained_weights
+    from support import Server, copy_app, write_untrained_weights
 
     tmp = tmp_path_factory.mktemp("srv")
     app = copy_app(tmp / "app", with_weights=False)

@@ -23,7 +23,7 @@ def phantom_ct():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, phantom_ct):
-    from conftest import Server, copy_app, write_untrained_weights
+    from support import Server, copy_app, write_untrained_weights
 
     studies = tmp_path_factory.mktemp("studies")
     nib.save(nib.Nifti1Image(phantom_ct.image, phantom_ct.affine), str(studies / "ok.nii.gz"))

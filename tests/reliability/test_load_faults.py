@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from conftest import Server, copy_app, write_untrained_weights
+from support import Server, copy_app, write_untrained_weights
 
 N_IMAGES = 4
 # Inference runs one request at a time in the server process (--conf max_parallel_infers, default 1);

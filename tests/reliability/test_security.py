@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import ROOT, Server, copy_app, free_port, write_untrained_weights
+from support import ROOT, Server, copy_app, free_port, write_untrained_weights
 
 SECRET = b"secret bytes outside the datastore"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import SAMPLE
+from support import SAMPLE
 
 
 def world_centroid(mask, affine):

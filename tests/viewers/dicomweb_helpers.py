@@ -1,6 +1,5 @@
-"""Helpers shared by tests/viewers (a second conftest.py cannot import the first one by name)."""
+"""Helpers shared by tests/viewers."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -9,19 +8,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "viewers" / "orthanc"))
+sys.path.insert(0, str(ROOT / "tests"))
 
+import support as helpers  # noqa: E402  (Server, copy_app, free_port)
 from orthanc_server import missing_packages  # noqa: E402
-
-
-def _root_conftest():
-    """tests/conftest.py (Server, copy_app, free_port), loaded under its own name."""
-    spec = importlib.util.spec_from_file_location("liver_cascade_root_conftest", ROOT / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-helpers = _root_conftest()
 
 
 def require_orthanc():
