@@ -64,6 +64,7 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--preset", default="lite")
     ap.add_argument("--title", default="")
+    ap.add_argument("--no-crf", action="store_true", help="leave out the 3D-CRF row (minutes per case on a CPU)")
     args = ap.parse_args(argv)
     pairs = find_pairs(Path(args.data)) if args.data else list(zip(map(Path, args.image), map(Path, args.label)))
     if args.cases:
@@ -74,6 +75,8 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for name, model, params in rows_for(args.preset):
+        if args.no_crf and params.get("crf"):
+            continue
         task = make_task(model, args.model_dir, {"preset": args.preset})
         cases, seconds = [], []
         for img, lab in pairs:
