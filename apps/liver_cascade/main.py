@@ -8,6 +8,7 @@ TaskConfig per model, as in MONAI Label's radiology sample app.
 import importlib
 import logging
 import os
+import sys
 import tempfile
 import threading
 from typing import Dict
@@ -92,6 +93,7 @@ class LiverCascadeApp(MONAILabelApp):
         from lib import server_guard
 
         server_guard.install(self, int(self.app_conf.max_upload_mb * 1024 * 1024))
+        server_guard.warn_if_exposed(sys.argv)
         super().on_init_complete()
 
     def init_remote_datastore(self) -> Datastore:

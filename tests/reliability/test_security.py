@@ -219,3 +219,12 @@ def test_auth_refuses_anonymous_and_enforces_roles(auth_server, realm, layout, p
     admin = calls({"Authorization": "Bearer " + _token(key, ["monailabel-user", "monailabel-annotator",
                                                               "monailabel-reviewer", "monailabel-admin"])})
     assert admin["train"].status_code == 400  # allowed in, then our check refuses the unsafe run name
+
+
+def test_exposed_server_is_warned_about():
+    from lib import server_guard
+
+    assert server_guard.bind_host(["monailabel", "start_server", "--app", "a"]) == "0.0.0.0"  # monailabel's default
+    assert server_guard.bind_host(["x", "--host", "127.0.0.1"]) == "127.0.0.1"
+    assert server_guard.warn_if_exposed(["monailabel", "start_server", "--app", "a", "--studies", "s"])
+    assert not server_guard.warn_if_exposed(["x", "--host", "127.0.0.1"])

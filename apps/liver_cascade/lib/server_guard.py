@@ -154,3 +154,26 @@ def install(app_instance, max_upload_bytes: int) -> None:
         build = server.app.build_middleware_stack
         server.app.build_middleware_stack = lambda: UploadLimit(build(), max_upload_bytes)
     logger.info(f"request guard installed: uploads up to {max_upload_bytes} bytes")
+
+
+def bind_host(argv) -> str:
+    """The address `monailabel start_server` was told to listen on (its default is all interfaces)."""
+    for i, a in enumerate(argv):
+        if a in ("--host", "-i") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--host="):
+            return a.split("=", 1)[1]
+    return "0.0.0.0"
+
+
+def warn_if_exposed(argv) -> bool:
+    """Log loudly when the server listens beyond this machine with authentication off."""
+    from monailabel.config import settings
+
+    host = bind_host(argv)
+    if host in ("127.0.0.1", "localhost", "::1") or settings.MONAI_LABEL_AUTH_ENABLE:
+        return False
+    logger.warning(f"!!! listening on {host} with authentication OFF: anyone on the network can read images and "
+                   "overwrite labels. Use --host 127.0.0.1 (as `make serve` does) or MONAI_LABEL_AUTH_ENABLE=true "
+                   "(README, 'Guarantees and limits').")
+    return True
