@@ -22,3 +22,21 @@ def test_lesion_errors_cost_more():
     plain = ClassWeightedDiceCELoss(0.0, [1.0, 1.0, 1.0])(logits, target)
     weighted = ClassWeightedDiceCELoss(0.0, [1.0, 1.0, 10.0])(logits, target)
     assert weighted > 2 * plain
+
+
+def test_intensity_augmentation_is_opt_in_and_stage_one_only(tmp_path):
+    from lib.conf import AppConf
+    from lib.trainers.liver import RECIPE, LiverSliceTrainer
+
+    class Ctx:
+        request = dict(RECIPE)
+
+    def names(in_channels, **kw):
+        ctx = Ctx()
+        ctx.request = dict(RECIPE, **kw)
+        task = LiverSliceTrainer(str(tmp_path), AppConf.from_conf({}), "liver_resnet", "resnet", in_channels)
+        return [type(t).__name__ for t in task.train_pre_transforms(ctx)]
+
+    assert "RandShiftIntensityd" not in names(1)
+    assert {"RandShiftIntensityd", "RandScaleIntensityd"} <= set(names(1, hu_shift=30, contrast_scale=0.1))
+    assert "RandShiftIntensityd" not in names(3, hu_shift=30, contrast_scale=0.1)

@@ -31,6 +31,8 @@ from monai.transforms import (
     LoadImaged,
     Orientationd,
     RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     RandZoomd,
     Resized,
     SpatialPadd,
@@ -41,7 +43,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from lib.conf import AppConf
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
-from lib.settings import LABELS, NUM_CLASSES, PRESETS, model_filename
+from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
 from lib.transforms.inference import predict_slices
 from lib.transforms.interaction import SimulateClicksd
 from lib.transforms.slices import LoadStageOneMapsd, SampleAxialSlicesd, SimulateCorrectedLiverd
@@ -67,6 +69,8 @@ RECIPE = {
     "lesion_weight": 1.0,  # cross-entropy weight of the lesion class (1: unweighted, the paper)
     "zoom": "0.8,1.2",
     "flip_prob": 0.5,
+    "hu_shift": 0.0,  # stage one: random shift by up to +-N HU (contrast-phase variation); 0: off (the paper)
+    "contrast_scale": 0.0,  # stage one: random contrast scaling by up to +-N (fraction); 0: off
     "val_split": 0.2,
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
@@ -224,6 +228,13 @@ class LiverSliceTrainer(BasicTrainTask):
             RandFlipd(keys=("image", "label"), prob=float(r["flip_prob"]), spatial_axis=0),
             RandFlipd(keys=("image", "label"), prob=float(r["flip_prob"]), spatial_axis=1),
         ]
+        shift, scale = float(r.get("hu_shift", 0.0)), float(r.get("contrast_scale", 0.0))
+        if self.in_channels == 1:  # stage one: the CT is the only channel (stage two's maps must not move)
+            lo, hi = HU_WINDOW
+            if shift:  # the image is the HU window scaled to [0, 1]: N HU is N / (hi - lo)
+                t.append(RandShiftIntensityd(keys="image", offsets=shift / (hi - lo), prob=0.8))
+            if scale:
+                t.append(RandScaleIntensityd(keys="image", factors=scale, prob=0.8))
         if self.in_channels == 3:
             t.append(SimulateCorrectedLiverd(keys="image", prob=float(r["corrected_liver_prob"])))
             t.append(SimulateClicksd(keys="image", prob=float(r["click_prob"])))
