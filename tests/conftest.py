@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from support import Server, copy_app, write_untrained_weights  # noqa: E402
+from support import Server, copy_app, untrained_app  # noqa: E402
 
 
 @pytest.fixture
@@ -14,9 +14,10 @@ def server_factory(tmp_path):
     servers = []
 
     def make(studies, conf=None, weights="untrained", name="app"):
-        app = copy_app(tmp_path / name, with_weights=(weights == "demo"))
         if weights == "untrained":
-            write_untrained_weights(app / "model")
+            app = untrained_app(tmp_path / name)
+        else:
+            app = copy_app(tmp_path / name, with_weights=(weights == "demo"))
         s = Server(app, Path(studies), conf or {}, tmp_path / f"{name}_server.log")
         s.app_dir = app
         servers.append(s)

@@ -89,3 +89,10 @@ def write_untrained_weights(model_dir: Path, preset="lite"):
     torch.manual_seed(0)
     save_checkpoint(str(model_dir / f"liver_resnet_{preset}.pt"), build_network("resnet", preset, 1), "resnet", preset, 1)
     save_checkpoint(str(model_dir / f"liver_cascade_{preset}.pt"), build_network("resnet", preset, 3), "resnet", preset, 3)
+
+
+def untrained_app(dst: Path) -> Path:
+    """A copy of the app with freshly initialised (untrained, seeded) weights: quick servers for tests."""
+    app = copy_app(dst, with_weights=False)
+    write_untrained_weights(app / "model")
+    return app

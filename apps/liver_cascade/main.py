@@ -11,7 +11,7 @@ import os
 import sys
 import tempfile
 import threading
-from typing import Dict
+from typing import Dict, Tuple
 
 import lib.configs
 from fastapi import HTTPException
@@ -157,15 +157,15 @@ class LiverCascadeApp(MONAILabelApp):
         if model not in self._infers:
             raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(self._infers)}")
         ds = datastore if datastore else self.datastore()
-        path = self._input_path(request.get("image"), ds)
-        if isinstance(ds, SafeLocalDatastore) and path != request.get("image"):
+        path, uploaded = self._input_path(request.get("image"), ds)
+        if isinstance(ds, SafeLocalDatastore) and not uploaded:
             # keep the model's prediction as the 'original' label, so that the
             # correction_dice scoring can tell how much the annotator changed it
             request.setdefault("save_label", True)
-        if path and os.path.isfile(path):
+        if os.path.isfile(path):
             try:
                 # uploads are scanned whole (a truncated upload is common); datastore files were vetted
-                check_volume_file(path, self.app_conf.max_voxels, verify_data=self._is_upload(path))
+                check_volume_file(path, self.app_conf.max_voxels, verify_data=uploaded)
             except InputError as e:
                 raise HTTPException(status_code=e.status, detail=f"Image {request.get('image')!r}: {e}") from e
         if request.get("label") and not self._is_upload(request["label"]):
@@ -178,17 +178,18 @@ class LiverCascadeApp(MONAILabelApp):
             except (InvalidRequestError, InputError) as e:
                 raise HTTPException(status_code=getattr(e, "status", 400), detail=str(e)) from e
 
-    def _input_path(self, image, ds) -> str:
-        """The file an infer request reads: a datastore image, or the file uploaded with it. Nothing else."""
+    def _input_path(self, image, ds) -> Tuple[str, bool]:
+        """(the file an infer request reads, whether it was uploaded with it): a datastore image or an
+        upload. Nothing else."""
         if not isinstance(image, str) or not image:
             raise HTTPException(status_code=400, detail="image: a datastore image id or an uploaded file is needed")
         if self._is_upload(image):
-            return image
+            return image, True
         # local: 400 for unsafe ids, 403 for links out of the datastore; DICOMweb: the series is fetched
         uri = ds.get_image_uri(image)
         if not uri:
             raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
-        return uri
+        return uri, False
 
     def _is_upload(self, path) -> bool:
         """A file MONAI Label's endpoint wrote for this request (tempfile.NamedTemporaryFile), or a session's."""

@@ -25,11 +25,10 @@ def studies(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, studies):
-    from support import Server, copy_app, write_untrained_weights
+    from support import Server, untrained_app
 
     tmp = tmp_path_factory.mktemp("srv")
-    app = copy_app(tmp / "app", with_weights=False)
-    write_untrained_weights(app / "model")
+    app = untrained_app(tmp / "app")
     s = Server(app, studies, {"models": "liver_resnet,liver_cascade,vgg_fcn", "skip_trainers": "true"}, tmp / "server.log")
     yield s
     s.stop()

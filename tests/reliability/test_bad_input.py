@@ -23,7 +23,7 @@ def phantom_ct():
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, phantom_ct):
-    from support import Server, copy_app, write_untrained_weights
+    from support import Server, untrained_app
 
     studies = tmp_path_factory.mktemp("studies")
     nib.save(nib.Nifti1Image(phantom_ct.image, phantom_ct.affine), str(studies / "ok.nii.gz"))
@@ -31,8 +31,7 @@ def server(tmp_path_factory, phantom_ct):
     nib.save(nib.Nifti1Image(phantom_ct.image, phantom_ct.affine), str(studies / "labelled.nii.gz"))
     nib.save(nib.Nifti1Image(phantom_ct.label, phantom_ct.affine), str(studies / "labels" / "final" / "labelled.nii.gz"))
     tmp = tmp_path_factory.mktemp("srv")
-    app = copy_app(tmp / "app", with_weights=False)
-    write_untrained_weights(app / "model")
+    app = untrained_app(tmp / "app")
     s = Server(app, studies, {"skip_trainers": "true", "max_voxels": MAX_VOXELS, "max_upload_mb": 8}, tmp / "server.log")
     s.studies = studies
     yield s

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from support import Server, copy_app, write_untrained_weights
+from support import Server, untrained_app
 
 N_IMAGES = 4
 # Inference runs one request at a time in the server process (--conf max_parallel_infers, default 1);
@@ -39,8 +39,7 @@ def setup(tmp_path_factory, refs):
     (studies / "labels" / "final").mkdir(parents=True)
     for i, (name, p) in enumerate(refs.items()):
         p.save_nifti(str(studies / f"{name}.nii.gz"), str(studies / "labels" / "final" / f"{name}.nii.gz") if i < 3 else None)
-    app = copy_app(tmp / "app", with_weights=False)
-    write_untrained_weights(app / "model")
+    app = untrained_app(tmp / "app")
     return tmp, studies, app
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from support import ROOT, Server, copy_app, free_port, write_untrained_weights
+from support import ROOT, Server, free_port, untrained_app
 
 SECRET = b"secret bytes outside the datastore"
 
@@ -45,8 +45,7 @@ def layout(tmp_path_factory, phantom_ct):
 def server(tmp_path_factory, layout):
     top, studies = layout
     tmp = tmp_path_factory.mktemp("srv")
-    app = copy_app(tmp / "app", with_weights=False)
-    write_untrained_weights(app / "model")
+    app = untrained_app(tmp / "app")
     s = Server(app, studies, {}, tmp / "server.log")
     yield s
     s.stop()
@@ -171,8 +170,7 @@ def auth_server(tmp_path_factory, layout, realm):
     _, studies = layout
     uri, _ = realm
     tmp = tmp_path_factory.mktemp("auth")
-    app = copy_app(tmp / "app", with_weights=False)
-    write_untrained_weights(app / "model")
+    app = untrained_app(tmp / "app")
     s = Server(app, studies, {}, tmp / "server.log", ready=(200, 401),
                extra_env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": uri})
     yield s

@@ -43,13 +43,13 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
-def atomic_copy(src: str, dest: str):
-    """Copy then rename in the destination folder: readers never see a partial file."""
-    folder = os.path.dirname(dest)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".partial", dir=folder)
+def atomic_write(dest: str, write) -> None:
+    """``write(f)`` into a hidden temporary file beside ``dest``, then rename: readers never see a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".partial",
+                               dir=os.path.dirname(dest))
     try:
-        with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
-            shutil.copyfileobj(f, out, 1 << 20)
+        with os.fdopen(fd, "wb") as out:
+            write(out)
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, dest)
@@ -57,6 +57,19 @@ def atomic_copy(src: str, dest: str):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_copy(src: str, dest: str):
+    def copy(out):
+        with open(src, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
+
+    atomic_write(dest, copy)
+
+
+def _stamped(info: Dict[str, Any], name: str) -> Dict[str, Any]:
+    """The record MONAI Label keeps per file (creation time, file name)."""
+    return {**(info or {}), "ts": int(time.time()), "name": name}
 
 
 class SafeLocalDatastore(LocalDatastore):
@@ -106,15 +119,11 @@ class SafeLocalDatastore(LocalDatastore):
 
     def _update_datastore_file(self, lock=True):
         """MONAI Label writes the index in place; write it to a temporary file and rename instead."""
+        text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+
         def write():
             self._ignore_event_config = True
-            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            fd, tmp = tempfile.mkstemp(prefix=".datastore.", suffix=".partial", dir=self._datastore_path)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self._datastore_config_path)
+            atomic_write(self._datastore_config_path, lambda f: f.write(text.encode()))
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
 
         if lock:
@@ -124,20 +133,19 @@ class SafeLocalDatastore(LocalDatastore):
             write()
 
     # -- reading ---------------------------------------------------------------------------------
+    def _confined(self, uri: str, what: str) -> str:
+        if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
+            raise HTTPException(status_code=403, detail=f"{what} links outside the datastore")
+        return uri
+
     def get_image_uri(self, image_id: str) -> str:
         check_name(image_id, "image id")
-        uri = super().get_image_uri(image_id)
-        if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
-            raise HTTPException(status_code=403, detail=f"image {image_id!r} links outside the datastore")
-        return uri
+        return self._confined(super().get_image_uri(image_id), f"image {image_id!r}")
 
     def get_label_uri(self, label_id: str, label_tag: str) -> str:
         check_name(label_id, "label id")
         check_name(label_tag, "label tag")
-        uri = super().get_label_uri(label_id, label_tag)
-        if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
-            raise HTTPException(status_code=403, detail=f"label {label_id!r} links outside the datastore")
-        return uri
+        return self._confined(super().get_label_uri(label_id, label_tag), f"label {label_id!r}")
 
     def get_image_info(self, image_id: str) -> Dict[str, Any]:
         if not self.get_image_uri(image_id):
@@ -162,16 +170,13 @@ class SafeLocalDatastore(LocalDatastore):
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"image not added: {e}") from e
         with FileLock(self._lock_file):
-            dest = os.path.join(self._datastore.image_path(), name)
             taken = [self._filename(image_id, e.replace("*", "")) for e in self._extensions]  # one file per id
             if image_id in self._datastore.objects or any(
                     os.path.lexists(os.path.join(self._datastore.image_path(), t)) for t in taken):
                 raise HTTPException(status_code=409, detail=f"image {image_id!r} already exists; nothing was changed")
-            atomic_copy(image_filename, dest)
-            info = dict(image_info or {})
-            info["ts"] = int(time.time())
-            info["name"] = name
-            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=image_ext))
+            atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
+            model = DataModel(info=_stamped(image_info, name), ext=image_ext)
+            self._datastore.objects[image_id] = ImageLabelModel(image=model)
             self._update_datastore_file(lock=False)
         return image_id
 
@@ -198,10 +203,7 @@ class SafeLocalDatastore(LocalDatastore):
                 stale = os.path.join(label_path, self._filename(image_id, old.ext))
                 if os.path.exists(stale):
                     os.remove(stale)
-            info = dict(label_info or {})
-            info["ts"] = int(time.time())
-            info["name"] = name
-            obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
+            obj.labels[label_tag] = DataModel(info=_stamped(label_info, name), ext=label_ext)
             self._update_datastore_file(lock=False)
         return image_id
 

@@ -45,7 +45,7 @@ def check_train_params(model: str, params: dict, trainers) -> None:
         raise HTTPException(status_code=400, detail="params must be a JSON object")
     blocks = [params] + [v for v in params.values() if isinstance(v, dict)]  # POST /train/ nests per model
     for p in blocks:
-        for key, value in p.items():
+        for key in p:
             if key in _PATH_PARAMS or key.endswith(("_path", "_dir", "_file")):
                 raise HTTPException(status_code=400,
                                     detail=f"training parameter {key!r} names a server file; set it with --conf")

@@ -11,7 +11,10 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+import nibabel as nib
 import numpy as np
+import SimpleITK as sitk
+from nibabel.openers import ImageOpener
 
 CHUNK = 1 << 22
 
@@ -39,16 +42,12 @@ def _is_gz(path: str) -> bool:
 
 
 def _nifti_geometry(path: str) -> Geometry:
-    import nibabel as nib
-
     try:
         img = nib.load(path)
     except Exception as e:
         raise InputError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
-    from nibabel.openers import ImageOpener
-
     with ImageOpener(path) as f:  # the header as written: nibabel's loader "fixes" 0 or negative pixdim
         raw = type(hdr).from_fileobj(f, check=False)
     pixdim = tuple(float(v) for v in raw["pixdim"][1 : 1 + max(len(shape), 1)])
@@ -56,34 +55,7 @@ def _nifti_geometry(path: str) -> Geometry:
     return Geometry(shape, img.affine, pixdim, nbytes, int(hdr.get_data_offset()))
 
 
-def _nrrd_geometry(path: str) -> Geometry:
-    import nrrd
-
-    try:
-        hdr = nrrd.read_header(path)
-    except Exception as e:
-        raise InputError(f"not a readable NRRD file ({type(e).__name__}: {e})") from e
-    shape = tuple(int(s) for s in hdr.get("sizes", ()))
-    dirs = hdr.get("space directions")
-    if dirs is not None:
-        rows = [np.asarray(d, float) for d in dirs if d is not None and not np.all(np.isnan(np.asarray(d, float)))]
-        spacing = tuple(float(np.linalg.norm(r)) for r in rows)
-        m = np.eye(4)
-        for i, r in enumerate(rows[:3]):
-            m[: len(r), i] = r
-        origin = np.asarray(hdr.get("space origin", np.zeros(3)), float)
-        m[: len(origin), 3] = origin
-        if str(hdr.get("space", "")).lower() in ("left-posterior-superior", "lps"):
-            m = np.diag([-1, -1, 1, 1]) @ m
-    else:
-        spacing = tuple(float(s) for s in hdr.get("spacings", [1.0] * len(shape)))
-        m = np.diag(list(np.abs(spacing[:3])) + [1.0] * (4 - min(3, len(spacing))))
-    return Geometry(shape, m, spacing, None, 0)
-
-
 def _itk_geometry(path: str) -> Geometry:
-    import SimpleITK as sitk
-
     try:
         r = sitk.ImageFileReader()
         r.SetFileName(path)
@@ -110,9 +82,7 @@ def read_geometry(path: str) -> Geometry:
     name = path.lower()
     if name.endswith((".nii", ".nii.gz")):
         return _nifti_geometry(path)
-    if name.endswith((".nrrd", ".nhdr")):
-        return _nrrd_geometry(path)
-    return _itk_geometry(path)
+    return _itk_geometry(path)  # NRRD (Slicer), MetaImage, ...
 
 
 def _check_complete(path: str, g: Geometry):
