@@ -1,7 +1,14 @@
 """Deterministic synthetic abdominal CT phantoms (pure numpy/scipy, no torch).
 
-`generate_phantom(seed)` returns a contrast-enhanced (portal venous) abdominal CT
-volume in Hounsfield units with a LiTS label (0 background, 1 liver, 2 lesion):
+`generate_phantom(seed)` returns a contrast-enhanced abdominal CT volume in
+Hounsfield units with a LiTS label (0 background, 1 liver, 2 lesion), in one of
+two contrast phases (`PHASES`, drawn per seed):
+
+* "early" (late arterial / early portal): liver 50-70 HU, bright blood pool
+  (aorta and heart 150-250 HU), corticomedullary kidneys;
+* "late" (portal venous / equilibrium): the liver enhanced by a further 20-45 HU,
+  the blood pool 25-60 HU above it (so the heart is close to the liver), the
+  spleen close to the liver, homogeneous (nephrographic) kidneys;
 
 * body outline varying along z, with skin, subcutaneous fat (about -100 HU), an
   abdominal muscle wall and visceral fat; air (-1000 HU) and a CT table outside;
@@ -849,6 +856,27 @@ def sample_geometry(seed: int) -> Dict:
                 slab_jitter=slab_jitter, offset=offset)
 
 
+PHASES = ("early", "late")
+
+
+def _apply_phase(pt: "_Patient", rng: np.random.Generator, phase: str) -> float:
+    """Shift the patient's enhancement to `phase`; returns the liver's HU shift."""
+    if phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}, not {phase!r}")
+    if phase == "early":
+        return 0.0
+    u, h = rng.uniform, pt.hu
+    shift = u(20, 45)
+    h["liver"] += shift
+    blood = h["liver"] + u(25, 60)
+    for k in ("aorta", "heart_blood", "ivc", "vessel"):
+        h[k] = blood + u(-10, 10)
+    h["spleen"] = h["liver"] + u(-10, 10)
+    h["cortex"] = h["medulla"] = u(140, 200)
+    h["pancreas"] = u(70, 100)
+    return shift
+
+
 def generate_phantom(
     seed: int,
     shape_xy: Tuple[int, int] = (512, 512),
@@ -857,6 +885,7 @@ def generate_phantom(
     n_lesions: Optional[int] = None,
     orientation: Optional[str] = None,
     max_slices: int = DEFAULT_MAX_SLICES,
+    phase: Optional[str] = None,
 ) -> Phantom:
     """A synthetic abdominal CT for `seed` (see the module docstring).
 
@@ -868,10 +897,11 @@ def generate_phantom(
     n_lesions: number of lesions to place (default 0-8 by seed); fewer are
         placed only when the liver is too small to hold them apart.
     orientation: a key of ORIENTATIONS (default: drawn from the seed).
+    phase: a contrast phase of PHASES (default: drawn from the seed, half each).
     """
     geo = sample_geometry(seed)
-    r_anat, r_les, r_ves, r_noise = (np.random.Generator(np.random.PCG64(c))
-                                     for c in np.random.SeedSequence(int(seed)).spawn(5)[1:])
+    r_anat, r_les, r_ves, r_noise, r_phase = (np.random.Generator(np.random.PCG64(c))
+                                              for c in np.random.SeedSequence(int(seed)).spawn(6)[1:])
     sp = list(spacing) if spacing is not None else [None, None, None]
     if len(sp) != 3:
         raise ValueError("spacing must be (x, y, z) mm; entries may be None")
@@ -884,6 +914,9 @@ def generate_phantom(
     nx, ny = (int(v) for v in shape_xy)
 
     pt = _Patient(r_anat, fov_mm=min(nx * sx, ny * sy))
+    drawn_phase = PHASES[int(r_phase.random() < 0.5)]
+    phase = phase or drawn_phase
+    liver_shift = _apply_phase(pt, r_phase, phase)
     _fit_liver(pt)
 
     # slab: the liver's extent plus margins, centred on it
@@ -908,6 +941,9 @@ def generate_phantom(
     _paint_bowel(pt, grid, hu)
     _paint_organs(pt, grid, hu)
     lesions = _place_lesions(pt, r_les, n_les_drawn if n_lesions is None else int(n_lesions), grid, (g, m, coarse_step))
+    for les in lesions:  # hyperdense lesions keep their contrast to the enhanced liver
+        if les["kind"] == "hyperdense":
+            les["hu"] += liver_shift
     _paint_liver(pt, grid, hu, label, r_ves, lesions)
     _paint_bones(pt, grid, hu)
 
@@ -936,7 +972,7 @@ def generate_phantom(
                             "voxels": les["voxels"]})
     info = dict(seed=int(seed), scale=round(pt.scale, 3), offset_mm=[round(float(v), 2) for v in offset],
                 liver_volume_ml=round(float(m.sum()) * coarse_step ** 3 / 1000, 1),
-                noise_sd=round(pt.noise_sd, 1), liver_hu=round(pt.hu["liver"], 1), aorta_hu=round(pt.hu["aorta"], 1))
+                phase=phase, noise_sd=round(pt.noise_sd, 1), liver_hu=round(pt.hu["liver"], 1), aorta_hu=round(pt.hu["aorta"], 1))
     return Phantom(image, label, affine, (sx, sy, sz), orientation, les_out, info)
 
 

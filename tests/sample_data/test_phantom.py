@@ -90,10 +90,12 @@ def test_tissue_hounsfield_units(full):
     vals = img[(img > -300) & (img < 0)]
     hist, edges = np.histogram(vals, bins=np.arange(-300, 1, 10))
     assert -125 <= edges[np.argmax(hist)] + 5 <= -75
-    # liver parenchyma (eroded mask, vessels and lesions excluded) 50-70 HU, as drawn
+    # liver parenchyma (eroded mask, vessels and lesions excluded) 50-70 HU in the early phase,
+    # 70-115 HU in the late one, as drawn
     core = ndimage.binary_erosion(lab == LABELS["liver"], iterations=2)
-    parenchyma = img[core & (img < 110)]
-    assert 50 - 3 <= parenchyma.mean() <= 70 + 3
+    lo, hi = (50, 70) if p.info["phase"] == "early" else (70, 115)
+    parenchyma = img[core & (img < hi + 40)]
+    assert lo - 3 <= parenchyma.mean() <= hi + 3
     assert parenchyma.mean() == pytest.approx(p.info["liver_hu"], abs=3)
     # enhancing vessels inside the liver label (~150 HU), bone with a bright cortex
     assert (img[core] > 120).sum() > 100
@@ -103,8 +105,8 @@ def test_tissue_hounsfield_units(full):
 def test_lesions_within_spec_and_inside_the_liver():
     counts = []
     for seed in (3, 21):
-        with_les = phantom.generate_phantom(seed, **SMALL, n_lesions=8)
-        without = phantom.generate_phantom(seed, **SMALL, n_lesions=0)
+        with_les = phantom.generate_phantom(seed, **SMALL, n_lesions=8, phase="early")
+        without = phantom.generate_phantom(seed, **SMALL, n_lesions=0, phase="early")
         # lesions only relabel liver voxels: the organ outline is the same with or without them
         assert np.array_equal(with_les.label > 0, without.label > 0)
         assert not (without.label == LABELS["lesion"]).any() and without.lesions == []
@@ -125,7 +127,8 @@ def test_lesions_within_spec_and_inside_the_liver():
 
 
 def test_lesion_contrast():
-    p = phantom.generate_phantom(12, shape_xy=(192, 192), spacing=(1.8, 1.8, 3.0), n_slices=40, n_lesions=8)
+    p = phantom.generate_phantom(12, shape_xy=(192, 192), spacing=(1.8, 1.8, 3.0), n_slices=40, n_lesions=8,
+                                 phase="early")
     inv = np.linalg.inv(p.affine)
     checked = 0
     for les in p.lesions:
@@ -137,6 +140,32 @@ def test_lesion_contrast():
         assert lo - 20 <= np.median(ball) <= hi + 20
         checked += 1
     assert checked >= 1
+
+
+def test_contrast_phases():
+    """Same patient in both phases: identical anatomy and labels, the late phase's liver
+    brighter by 20-45 HU, its heart close to the liver, its hyperdense lesions still brighter."""
+    geo = dict(shape_xy=(160, 160), spacing=(2.4, 2.4, 5.0), n_slices=40, n_lesions=8)
+    early = phantom.generate_phantom(4, **geo, phase="early")
+    late = phantom.generate_phantom(4, **geo, phase="late")
+    assert early.info["phase"] == "early" and late.info["phase"] == "late"
+    assert np.array_equal(early.label, late.label)
+    shift = late.info["liver_hu"] - early.info["liver_hu"]
+    assert 20 <= shift <= 45
+    core = ndimage.binary_erosion(early.label == LABELS["liver"], iterations=1)
+    diff = np.median(late.image[core].astype(float) - early.image[core].astype(float))
+    assert diff == pytest.approx(shift, abs=8)
+    # the blood pool: brighter than the liver by 150+ HU early, by at most ~70 HU late
+    assert early.info["aorta_hu"] - early.info["liver_hu"] > 75
+    assert 15 <= late.info["aorta_hu"] - late.info["liver_hu"] <= 70
+    for a, b in zip(early.lesions, late.lesions):
+        assert a["kind"] == b["kind"]
+        assert b["hu"] == pytest.approx(a["hu"] + (shift if a["kind"] == "hyperdense" else 0), abs=0.2)
+    # each phase is drawn for about half of the seeds
+    drawn = [phantom.generate_phantom(s, **SMALL).info["phase"] for s in range(8)]
+    assert set(drawn) == set(phantom.PHASES)
+    with pytest.raises(ValueError):
+        phantom.generate_phantom(4, **SMALL, phase="delayed")
 
 
 @pytest.mark.parametrize("code", list(phantom.ORIENTATIONS))
