@@ -58,7 +58,7 @@ clean:
 # Rebuild the demo weights (needs ../shared/real-ct; about 40 min on 2 CPU cores). See docs/RESULTS.md.
 weights: install
 	$(PY) sample-data/make_sample_data.py --out data-local/phantom-train --train-set 16 --seed 100
-	$(PY) scripts/train_demo_weights.py --holdout hcc_0697 --epochs1 30 --epochs2 20
+	$(PY) scripts/train_demo_weights.py --holdout hcc_0697 --other-phase --epochs1 30 --epochs2 20
 
 benchmark: install
 	$(PY) benchmarks/cpu_benchmark.py --segresnet
