@@ -69,9 +69,11 @@ def main(argv=None):
                     help="also train on the training patient's other contrast phase (labels from transfer_labels.py)")
     ap.add_argument("--transfer-dir", default=str(ROOT / "data-local" / "transfer"))
     ap.add_argument("--finetune", action="store_true", help="start from the weights already in --model-dir")
+    ap.add_argument("--flip-prob", type=float, default=None, help="in-plane flip probability (trainer default if unset)")
     args = ap.parse_args(argv)
 
-    work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "")
+    work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / (
+        "" if args.flip_prob is None else f"flip{args.flip_prob:g}")
     transfer_dir = None
     if args.other_phase:
         transfer_dir = Path(args.transfer_dir)
@@ -86,6 +88,8 @@ def main(argv=None):
     common = ["--samples_per_volume", "10", "--train_batch_size", "10", "--liver_ratio", "1.0",
               "--dataset", "CacheDataset", "--pretrained", "true" if args.finetune else "false",
               "--lr", str(args.lr), "--lr_decay_from", str(args.lr / 2), "--dice_weight", str(args.dice_weight)]
+    if args.flip_prob is not None:
+        common += ["--flip_prob", str(args.flip_prob)]
     timings = {}
     if not args.skip_train:
         for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
@@ -108,7 +112,7 @@ def main(argv=None):
     ref = load_label(str(lab))
     spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
     results = {"holdout": args.holdout, "other_phase": args.other_phase, "finetune": args.finetune,
-               "epochs": [args.epochs1, args.epochs2], "train_seconds": timings, "rows": {}}
+               "epochs": [args.epochs1, args.epochs2], "flip_prob": args.flip_prob, "train_seconds": timings, "rows": {}}
     for model in ("liver_resnet", "liver_cascade"):
         task = make_task(model, args.model_dir)
         out = work / f"pred_{model}.nii.gz"
@@ -121,7 +125,8 @@ def main(argv=None):
         print(model, json.dumps(results["rows"][model]), flush=True)
     Path(args.results).mkdir(parents=True, exist_ok=True)
     # file named by split, not by patient id (nothing named after the shared data is committed)
-    name = f"demo_{SPLITS[args.holdout]}{'_two_phases' if args.other_phase else ''}.json"
+    name = f"demo_{SPLITS[args.holdout]}{'_two_phases' if args.other_phase else ''}"
+    name += ("" if args.flip_prob is None else f"_flip{args.flip_prob:g}") + ".json"
     (Path(args.results) / name).write_text(json.dumps(results, indent=2))
     return 0
 
