@@ -19,18 +19,13 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "liver_cascade"
 sys.path.insert(0, str(APP))
 
-REAL = {  # labelled real cases in ../shared/real-ct/nifti
-    "hcc_2022": ("hcc_2022_ap.nii.gz", "hcc_2022_ap_label.nii.gz"),
-    "hcc_0697": ("hcc_0697_eqp.nii.gz", "hcc_0697_eqp_label.nii.gz"),
-}
+from transfer_labels import PAIRS  # noqa: E402  (the real series: one place)
 
-
+# labelled real cases in ../shared/real-ct/nifti
+REAL = {patient: (f"{src}.nii.gz", f"{src}_label.nii.gz") for patient, (src, _) in PAIRS.items()}
 SPLITS = {"hcc_0697": "split1", "hcc_2022": "split2"}  # which real patient is held out
 # the same patients' other contrast phase, labelled by scripts/transfer_labels.py (derived labels)
-OTHER_PHASE = {
-    "hcc_2022": ("hcc_2022_eqp.nii.gz", "hcc_2022_eqp_label.nii.gz"),
-    "hcc_0697": ("hcc_0697_ap.nii.gz", "hcc_0697_ap_label.nii.gz"),
-}
+OTHER_PHASE = {patient: (f"{dst}.nii.gz", f"{dst}_label.nii.gz") for patient, (_, dst) in PAIRS.items()}
 
 
 def datalists(real_dir: Path, phantoms: Path, holdout: str, repeat_real: int, n_val_phantoms: int, work: Path,
@@ -78,9 +73,9 @@ def main(argv=None):
     if args.other_phase:
         transfer_dir = Path(args.transfer_dir)
         if not all((transfer_dir / lab).exists() for _, lab in OTHER_PHASE.values()):
-            import transfer_labels
+            from transfer_labels import main as transfer
 
-            transfer_labels.main(["--real-dir", args.real_dir, "--out", str(transfer_dir)])
+            transfer(["--real-dir", args.real_dir, "--out", str(transfer_dir)])
     train_ds, val_ds = datalists(Path(args.real_dir), Path(args.phantoms), args.holdout, args.repeat_real,
                                  args.val_phantoms, work, transfer_dir)
     # The paper's sampling and batch; from scratch on a CPU budget (no ImageNet weights) a

@@ -26,9 +26,11 @@ import SimpleITK as sitk
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "liver_cascade"))
 
-from lib.settings import HU_WINDOW  # noqa: E402
+from lib.evaluation.metrics import dice, lesion_mask, liver_mask  # noqa: E402
+from lib.settings import HU_WINDOW, LABELS  # noqa: E402
 
-# labelled series -> the same patient's unlabeled series
+# patient -> (labelled series, the same patient's unlabeled series of the other phase); files
+# <series>.nii.gz, labels <series>_label.nii.gz. train_demo_weights.py reads its real cases from here.
 PAIRS = {
     "hcc_2022": ("hcc_2022_ap", "hcc_2022_eqp"),
     "hcc_0697": ("hcc_0697_eqp", "hcc_0697_ap"),
@@ -64,15 +66,15 @@ def transfer(labelled: Path, label: Path, unlabeled: Path, out: Path) -> dict:
     before = sitk.Resample(lab, fixed, sitk.Transform(), sitk.sitkNearestNeighbor, 0, lab.GetPixelID())
     out.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(moved, str(out))
-    a, b = sitk.GetArrayViewFromImage(moved) > 0, sitk.GetArrayViewFromImage(before) > 0
+    got = sitk.GetArrayViewFromImage(moved)
     params = np.asarray(sitk.CompositeTransform(tx).GetNthTransform(0).GetParameters())
     return {
         "label": str(out),
         "rotation_deg": [round(float(np.degrees(x)), 2) for x in params[:3]],
         "translation_mm": [round(float(x), 2) for x in params[3:]],
-        "liver_voxels": int((sitk.GetArrayViewFromImage(moved) == 1).sum()),
-        "lesion_voxels": int((sitk.GetArrayViewFromImage(moved) == 2).sum()),
-        "dice_vs_unregistered": round(float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1)), 4),
+        "liver_voxels": int((got == LABELS["liver"]).sum()),
+        "lesion_voxels": int(lesion_mask(got).sum()),
+        "dice_vs_unregistered": round(dice(liver_mask(got), liver_mask(sitk.GetArrayViewFromImage(before))), 4),
     }
 
 
