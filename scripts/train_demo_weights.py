@@ -65,10 +65,15 @@ def main(argv=None):
     ap.add_argument("--transfer-dir", default=str(ROOT / "data-local" / "transfer"))
     ap.add_argument("--finetune", action="store_true", help="start from the weights already in --model-dir")
     ap.add_argument("--flip-prob", type=float, default=None, help="in-plane flip probability (trainer default if unset)")
+    ap.add_argument("--rotate-deg", type=float, default=None, help="random rotation up to +-N degrees (trainer default if unset)")
+    ap.add_argument("--elastic", type=float, default=None, help="random elastic deformation magnitude (trainer default if unset)")
     args = ap.parse_args(argv)
 
-    work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / (
-        "" if args.flip_prob is None else f"flip{args.flip_prob:g}")
+    # recipe options set on the command line (None: the trainer's default), named in the output paths
+    options = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
+               "elastic": ("elastic", args.elastic)}
+    variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
+    work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant
     transfer_dir = None
     if args.other_phase:
         transfer_dir = Path(args.transfer_dir)
@@ -83,8 +88,9 @@ def main(argv=None):
     common = ["--samples_per_volume", "10", "--train_batch_size", "10", "--liver_ratio", "1.0",
               "--dataset", "CacheDataset", "--pretrained", "true" if args.finetune else "false",
               "--lr", str(args.lr), "--lr_decay_from", str(args.lr / 2), "--dice_weight", str(args.dice_weight)]
-    if args.flip_prob is not None:
-        common += ["--flip_prob", str(args.flip_prob)]
+    for key, (_, value) in options.items():
+        if value is not None:
+            common += [f"--{key}", str(value)]
     timings = {}
     if not args.skip_train:
         for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
@@ -107,7 +113,8 @@ def main(argv=None):
     ref = load_label(str(lab))
     spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
     results = {"holdout": args.holdout, "other_phase": args.other_phase, "finetune": args.finetune,
-               "epochs": [args.epochs1, args.epochs2], "flip_prob": args.flip_prob, "train_seconds": timings, "rows": {}}
+               "epochs": [args.epochs1, args.epochs2], **{k: v for k, (_, v) in options.items()},
+               "train_seconds": timings, "rows": {}}
     for model in ("liver_resnet", "liver_cascade"):
         task = make_task(model, args.model_dir)
         out = work / f"pred_{model}.nii.gz"
@@ -121,7 +128,7 @@ def main(argv=None):
     Path(args.results).mkdir(parents=True, exist_ok=True)
     # file named by split, not by patient id (nothing named after the shared data is committed)
     name = f"demo_{SPLITS[args.holdout]}{'_two_phases' if args.other_phase else ''}"
-    name += ("" if args.flip_prob is None else f"_flip{args.flip_prob:g}") + ".json"
+    name += (f"_{variant}" if variant else "") + ".json"
     (Path(args.results) / name).write_text(json.dumps(results, indent=2))
     return 0
 

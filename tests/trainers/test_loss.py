@@ -40,3 +40,49 @@ def test_intensity_augmentation_is_opt_in_and_stage_one_only(tmp_path):
     assert "RandShiftIntensityd" not in names(1)
     assert {"RandShiftIntensityd", "RandScaleIntensityd"} <= set(names(1, hu_shift=30, contrast_scale=0.1))
     assert "RandShiftIntensityd" not in names(3, hu_shift=30, contrast_scale=0.1)
+
+
+def test_rotation_and_elastic_deformation_are_opt_in_and_keep_image_and_label_aligned(tmp_path):
+    import nibabel as nib
+    import numpy as np
+    from monai.transforms import Compose
+
+    from lib.conf import AppConf
+    from lib.trainers.liver import RECIPE, LiverSliceTrainer
+
+    # a 'liver' block (label 1, 60 HU) with a 'lesion' (label 2, 0 HU) in fat (-100 HU)
+    lab = np.zeros((64, 48, 6), np.uint8)
+    lab[14:50, 10:30, :] = 1
+    lab[20:28, 14:22, :] = 2
+    img = np.where(lab == 1, 60, np.where(lab == 2, 0, -100)).astype(np.int16)
+    for name, arr in (("img", img), ("lab", lab)):
+        nib.save(nib.Nifti1Image(arr, np.diag([0.8, 0.8, 5.0, 1.0])), str(tmp_path / f"{name}.nii.gz"))
+    data = {"image": str(tmp_path / "img.nii.gz"), "label": str(tmp_path / "lab.nii.gz")}
+
+    class Ctx:
+        request = None
+
+    def run(**kw):
+        ctx = Ctx()
+        ctx.request = dict(RECIPE, zoom="1,1", flip_prob=0.0, liver_ratio=1.0, samples_per_volume=4, **kw)
+        task = LiverSliceTrainer(str(tmp_path / "m"), AppConf.from_conf({}), "liver_resnet", "resnet", 1)
+        names = [type(t).__name__ for t in task.train_pre_transforms(ctx)]
+        pipeline = Compose(task.train_pre_transforms(ctx))
+        pipeline.set_random_state(0)
+        return names, pipeline(dict(data))
+
+    names, plain = run()
+    assert "Rand2DElasticd" not in names  # the paper's recipe: off by default
+    names, deformed = run(rotate_deg=30, elastic=3, deform_prob=1.0)
+    assert "Rand2DElasticd" in names
+    moved = [float((p["label"] != d["label"]).float().mean()) for p, d in zip(plain, deformed)]
+    assert min(moved) > 0 and np.mean(moved) > 0.02  # every slice moved
+    for d in deformed:
+        dl, di = d["label"][0].numpy(), d["image"][0].numpy()
+        assert set(np.unique(dl)) <= {0, 1, 2}  # nearest-neighbour labels, no blends
+        # image and label moved together: liver pixels keep the liver's intensity
+        liver_hu, fat_hu = 60, -100
+        window = lambda hu: (hu + 160) / 400  # noqa: E731  (HU_WINDOW scaled to [0, 1])
+        inner = dl == 1
+        assert abs(np.median(di[inner]) - window(liver_hu)) < 0.02
+        assert abs(np.median(di[(dl == 0) & (di > 0.01)]) - window(fat_hu)) < 0.02

@@ -30,6 +30,7 @@ from monai.transforms import (
     Lambdad,
     LoadImaged,
     Orientationd,
+    Rand2DElasticd,
     RandFlipd,
     RandScaleIntensityd,
     RandShiftIntensityd,
@@ -71,6 +72,9 @@ RECIPE = {
     "flip_prob": 0.5,
     "hu_shift": 0.0,  # stage one: random shift by up to +-N HU (contrast-phase variation); 0: off (the paper)
     "contrast_scale": 0.0,  # stage one: random contrast scaling by up to +-N (fraction); 0: off
+    "rotate_deg": 0.0,  # random in-plane rotation by up to +-N degrees; 0: off (the paper)
+    "elastic": 0.0,  # random elastic deformation, up to N (control-grid units, 1/6 of the slice apart); 0: off
+    "deform_prob": 0.5,  # probability of the rotation/elastic deformation per slice
     "val_split": 0.2,
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
@@ -225,6 +229,14 @@ class LiverSliceTrainer(BasicTrainTask):
             SpatialPadd(keys=("image", "label"), spatial_size=(base, base)),
             RandZoomd(keys=("image", "label"), prob=0.8, min_zoom=zmin, max_zoom=zmax, keep_size=True,
                       mode=("bilinear", "nearest")),
+        ]
+        rotate, elastic = float(r.get("rotate_deg", 0.0)), float(r.get("elastic", 0.0))
+        if rotate or elastic:  # not in the paper: one patient's liver made to look like others'
+            t.append(Rand2DElasticd(keys=("image", "label"), spacing=(base // 6, base // 6),
+                                    magnitude_range=(0.0, elastic), rotate_range=np.deg2rad(rotate),
+                                    prob=float(r.get("deform_prob", 0.5)), mode=("bilinear", "nearest"),
+                                    padding_mode="zeros"))
+        t += [
             RandFlipd(keys=("image", "label"), prob=float(r["flip_prob"]), spatial_axis=0),
             RandFlipd(keys=("image", "label"), prob=float(r["flip_prob"]), spatial_axis=1),
         ]
