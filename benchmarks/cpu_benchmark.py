@@ -33,6 +33,9 @@ from scipy import ndimage
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "liver_cascade"
+sys.path.insert(0, str(APP))
+from lib.settings import PRESETS  # noqa: E402
+
 REAL = ROOT.parent / "shared" / "real-ct" / "nifti" / "hcc_2022_ap.nii.gz"
 
 
@@ -154,8 +157,9 @@ def main(argv=None):
     rows = []
     try:
         infer(url, f"ct_{counts[0]}")  # warm-up: model load
+        lite = PRESETS["lite"]  # the server's CPU default: its base size, then three sizes of its ladder
         for n in counts:
-            for scales in (None, "192,208,224"):
+            for scales in (None, ",".join(str(x) for x in lite.all_scales[:3])):
                 wall, res = infer(url, f"ct_{n}", scales)
                 lat = res.get("latencies", {})
                 rows.append({"slices": n, "scales": res.get("scales"), "wall_s": round(wall, 2),
