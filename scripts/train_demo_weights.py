@@ -67,11 +67,15 @@ def main(argv=None):
     ap.add_argument("--flip-prob", type=float, default=None, help="in-plane flip probability (trainer default if unset)")
     ap.add_argument("--rotate-deg", type=float, default=None, help="random rotation up to +-N degrees (trainer default if unset)")
     ap.add_argument("--elastic", type=float, default=None, help="random elastic deformation magnitude (trainer default if unset)")
+    ap.add_argument("--slices-per-volume", type=int, default=None,
+                    help="slices drawn per volume (default 10: a batch of 10 slices is one volume's)")
+    ap.add_argument("--val-interval", type=int, default=None, help="validate every N epochs (trainer default 1)")
     args = ap.parse_args(argv)
 
     # recipe options set on the command line (None: the trainer's default), named in the output paths
     options = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
-               "elastic": ("elastic", args.elastic)}
+               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
+               "val_interval": ("vi", args.val_interval)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
     work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant
     transfer_dir = None
@@ -85,9 +89,11 @@ def main(argv=None):
                                  args.val_phantoms, work, transfer_dir)
     # The paper's sampling and batch; from scratch on a CPU budget (no ImageNet weights) a
     # 6x higher SGD rate and a Dice term converge in minutes where lr 0.0016 did not move.
-    common = ["--samples_per_volume", "10", "--train_batch_size", "10", "--liver_ratio", "1.0",
+    common = ["--train_batch_size", "10", "--liver_ratio", "1.0",
               "--dataset", "CacheDataset", "--pretrained", "true" if args.finetune else "false",
               "--lr", str(args.lr), "--lr_decay_from", str(args.lr / 2), "--dice_weight", str(args.dice_weight)]
+    if args.slices_per_volume is None:
+        common += ["--samples_per_volume", "10"]
     for key, (_, value) in options.items():
         if value is not None:
             common += [f"--{key}", str(value)]

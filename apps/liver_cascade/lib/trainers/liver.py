@@ -76,6 +76,7 @@ RECIPE = {
     "elastic": 0.0,  # random elastic deformation, up to N (control-grid units, 1/6 of the slice apart); 0: off
     "deform_prob": 0.5,  # probability of the rotation/elastic deformation per slice
     "val_split": 0.2,
+    "val_interval": 1,  # validate (and maybe publish) every N epochs
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
     "dataset": "CacheDataset",
@@ -304,6 +305,7 @@ class LiverSliceTrainer(BasicTrainTask):
         return train, val
 
     def pre_process(self, request, datastore: Datastore):
+        self._val_interval = max(1, int(request.get("val_interval", 1)))  # read by BasicTrainTask's handlers
         for key in ("train_ds", "val_ds"):  # explicit datalists (JSON files or lists) replace the datastore's
             if isinstance(request.get(key), str):
                 with open(request[key]) as f:
