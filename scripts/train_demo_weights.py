@@ -60,6 +60,8 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--dice-weight", type=float, default=1.0)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--models", default="liver_resnet,liver_cascade",
+                    help="which stages to train (liver_cascade alone: on the stage one already in --model-dir)")
     ap.add_argument("--other-phase", action="store_true",
                     help="also train on the training patient's other contrast phase (labels from transfer_labels.py)")
     ap.add_argument("--transfer-dir", default=str(ROOT / "data-local" / "transfer"))
@@ -100,6 +102,8 @@ def main(argv=None):
     timings = {}
     if not args.skip_train:
         for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
+            if model not in args.models.split(","):
+                continue
             t0 = time.time()
             cmd = [sys.executable, "-m", "lib.trainers.cli", "--models", model, "--model_dir", args.model_dir,
                    "--train_ds", str(train_ds), "--val_ds", str(val_ds), "--max_epochs", str(epochs)] + common

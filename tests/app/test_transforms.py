@@ -82,3 +82,60 @@ def test_largest_component_keeps_the_liver_only():
     out = largest_component(m)
     assert out[5, 5, 2] and out[12, 12, 4] and not out[16, 16, 3]
     assert not largest_component(np.zeros((4, 4, 4), bool)).any()
+
+
+def test_liver_box_is_the_largest_component_with_a_margin():
+    from lib.settings import LIVER_BOX_MARGIN, LIVER_BOX_MIN_MARGIN
+    from lib.transforms.transforms import liver_box
+
+    liver = np.zeros((300, 200, 6), np.float32)
+    liver[100:200, 40:120, 1:5] = 0.9  # the liver: 100 x 80 pixels
+    liver[250:260, 150:160, 2:4] = 0.9  # a smaller false component (the spleen, say): ignored
+    m = max(LIVER_BOX_MIN_MARGIN, round(LIVER_BOX_MARGIN * 99))
+    assert liver_box(liver) == (100 - m, 200 + m, 40 - m, 120 + m)
+    assert liver_box(torch.from_numpy(liver).half()) == liver_box(liver)  # float16 maps, as inference keeps them
+    # a click outside the liver widens the box so that stage two sees it; the box stays inside the slice
+    x0, x1, y0, y1 = liver_box(liver, [[290, 5, 3]])
+    assert (x0, x1, y0) == (100 - round(LIVER_BOX_MARGIN * 190), 300, 0) and y1 > 120
+    assert liver_box(np.zeros((30, 30, 3))) is None
+    assert liver_box(np.zeros((30, 30, 3)), [[10, 12, 1]]) == (0, 27, 0, 29)
+
+
+def test_predict_slices_on_a_box_writes_only_the_box():
+    class Mean(torch.nn.Module):  # 3 'classes' from the input's mean: output depends on the crop
+        def forward(self, x):
+            return x.mean(1, keepdim=True).repeat(1, 3, 1, 1) * torch.tensor([0.0, 1.0, 2.0]).view(1, 3, 1, 1)
+
+    vol = torch.rand(1, 40, 30, 4)
+    out = torch.full((3, 40, 30, 4), 7.0, dtype=torch.float16)  # stage one's probabilities, say
+    box = (5, 25, 10, 28)
+    # scale 20: the box's longer side, so the crop runs at its own size and the values can be checked exactly
+    res = predict_slices(Mean(), lambda idx: vol[..., idx].permute(3, 0, 1, 2), 4, (40, 30), [20], batch_size=3,
+                         out=out.clone(), box=box, indices=[1, 2])
+    inside = res[:, 5:25, 10:28][..., [1, 2]]
+    assert torch.all(inside < 1.01)  # softmax probabilities written in the box of the chosen slices
+    expected = torch.softmax(vol[0, 5:25, 10:28][..., [1, 2]][None].expand(3, -1, -1, -1)
+                             * torch.tensor([0.0, 1.0, 2.0]).view(3, 1, 1, 1), 0)
+    assert torch.allclose(inside.float(), expected, atol=2e-3)  # same values as the crop on its own
+    kept = res.clone()
+    kept[:, 5:25, 10:28, 1:3] = 7.0
+    assert torch.equal(kept, out)  # everything else untouched
+    with pytest.raises(ValueError):
+        predict_slices(Mean(), lambda idx: vol[..., idx].permute(3, 0, 1, 2), 4, (40, 30), [36], box=box)
+
+
+def test_crop_to_liver_box_crops_image_maps_and_label_together():
+    from lib.transforms.slices import CropToLiverBoxd
+    from lib.transforms.transforms import liver_box
+
+    image = torch.rand(3, 120, 100, 5)
+    image[2] = 0
+    image[2, 30:70, 20:60, 1:4] = 1.0  # stage one's liver map
+    label = (image[2:3] > 0.5).long()
+    out = CropToLiverBoxd(keys=("image", "label"))({"image": image, "label": label})
+    x0, x1, y0, y1 = liver_box(image[2])
+    assert out["image"].shape == (3, x1 - x0, y1 - y0, 5) and out["label"].shape == (1, x1 - x0, y1 - y0, 5)
+    assert torch.equal(out["image"], image[:, x0:x1, y0:y1]) and torch.equal(out["label"], label[:, x0:x1, y0:y1])
+    assert int(out["label"].sum()) == int(label.sum())  # the whole liver is inside
+    empty = {"image": torch.zeros(3, 20, 20, 2), "label": torch.zeros(1, 20, 20, 2)}
+    assert CropToLiverBoxd(keys=("image", "label"))(empty)["image"].shape == (3, 20, 20, 2)  # no liver: whole

@@ -41,6 +41,7 @@ from lib.transforms.transforms import (
     ProbsToLabeld,
     RestoreOrientationd,
     hu_window,
+    liver_box,
 )
 
 logger = logging.getLogger(__name__)
@@ -246,6 +247,9 @@ class LiverSegmentation(BasicInferTask):
             else:
                 idx = list(range(n))
             liver_dev, lesion_dev = liver_map.to(device), lesion_map.to(device)
+            # a cascade trained on the liver's box runs on it (the checkpoint says how it was trained)
+            box = liver_box(liver_map, fg + bg) if info2["meta"].get("liver_box", False) else None
+            timings["stage2_box"] = list(box) if box else None  # x0, x1, y0, y1 of the RAS-oriented slice
 
             def stage2_input(i):
                 maps = [lesion_dev[..., i].float(), liver_dev[..., i].float()]
@@ -255,7 +259,7 @@ class LiverSegmentation(BasicInferTask):
             if idx:
                 # in place: slices outside the ROI keep stage one's probabilities
                 probs = predict_slices(net2, stage2_input, n, (h, w), scales, batch, indices=idx,
-                                       out=probs, device=device, amp=amp)
+                                       out=probs, device=device, amp=amp, box=box)
             timings["stage2"] = round(time.time() - t0, 3)
             timings["stage2_slices"] = len(idx)
             if corrected is not None:

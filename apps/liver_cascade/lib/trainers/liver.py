@@ -47,8 +47,8 @@ from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
 from lib.transforms.inference import predict_slices
 from lib.transforms.interaction import SimulateClicksd
-from lib.transforms.slices import LoadStageOneMapsd, SampleAxialSlicesd, SimulateCorrectedLiverd
-from lib.transforms.transforms import hu_window
+from lib.transforms.slices import CropToLiverBoxd, LoadStageOneMapsd, SampleAxialSlicesd, SimulateCorrectedLiverd
+from lib.transforms.transforms import hu_window, liver_box
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ RECIPE = {
     "val_interval": 1,  # validate (and maybe publish) every N epochs
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
+    "liver_box": False,  # cascade only: train (and so run) stage two on the liver's box, not the whole slice (not the paper)
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
 }
@@ -111,20 +112,29 @@ def lr_factor(epoch: int, max_epochs: int, lr: float, lr2: float, first_phase: f
 
 
 class SliceVolumeInferer(Inferer):
-    """Validation on whole volumes with the same slice-wise code as inference."""
+    """Validation on whole volumes with the same slice-wise code as inference.
 
-    def __init__(self, scales, batch_size=16):
+    With ``use_liver_box`` (stage two, inputs (image, lesion map, liver map)), the network runs on the
+    liver's box and stage one's probabilities stay outside it, as in the infer task."""
+
+    def __init__(self, scales, batch_size=16, use_liver_box=False):
         self.scales = scales
         self.batch_size = batch_size
+        self.use_liver_box = use_liver_box
 
     def __call__(self, inputs: torch.Tensor, network, *args, **kwargs):
         vol = inputs[0]  # (C, X, Y, Z)
         c, h, w, n = vol.shape
         was_training = network.training
         network.eval()
+        box, out = None, None
+        if self.use_liver_box and c == 3:
+            box = liver_box(vol[2])
+            lesion, liver = vol[1].float(), vol[2].float()
+            out = torch.stack([1 - liver, liver - lesion, lesion]).clamp(0, 1).half()
         probs = predict_slices(
             network, lambda idx: vol[..., idx].permute(3, 0, 1, 2), n, (h, w), self.scales, self.batch_size,
-            device=vol.device,
+            device=vol.device, box=box, out=out,
         )
         network.train(was_training)
         return probs.float()[None]
@@ -219,7 +229,10 @@ class LiverSliceTrainer(BasicTrainTask):
         r = context.request
         base = PRESETS[self.preset].base_size
         zmin, zmax = (float(z) for z in str(r["zoom"]).split(","))
-        t = self._volume_transforms(context) + [
+        t = self._volume_transforms(context)
+        if self.uses_liver_box(context):  # validation runs on whole volumes: its inferer takes the box
+            t.append(CropToLiverBoxd(keys=("image", "label")))
+        t += [
             SampleAxialSlicesd(
                 keys=("image", "label"),
                 num_samples=int(r["samples_per_volume"]),
@@ -276,7 +289,10 @@ class LiverSliceTrainer(BasicTrainTask):
         return self.train_post_transforms(context)[1:]  # the inferer returns probabilities
 
     def val_inferer(self, context: Context):
-        return SliceVolumeInferer(self.app_conf.scales[:1], self.app_conf.batch_size)
+        return SliceVolumeInferer(self.app_conf.scales[:1], self.app_conf.batch_size, self.uses_liver_box(context))
+
+    def uses_liver_box(self, context: Context) -> bool:
+        return self.in_channels == 3 and str(context.request.get("liver_box", False)).lower() in ("1", "true", "yes")
 
     def train_key_metric(self, context: Context):
         return {"train_dice": lits_dice(from_engine(["pred", "label"]))}
@@ -382,6 +398,7 @@ class TrainingProgress:
                 self.task.publish_file, ctx.network, self.task.arch, self.task.preset, self.task.in_channels,
                 meta={"task": self.task.task, "epoch": epoch, key: score, "run_id": ctx.run_id,
                       "trained_on": len(ctx.train_datalist), "validated_on": len(ctx.val_datalist or []),
+                      "liver_box": self.task.uses_liver_box(ctx),
                       "published_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
             )
             published = True

@@ -4,10 +4,12 @@ Every axial slice (last axis after ``Orientationd("RAS")``) is resized so its
 longer side equals each test-time scale, run through the network in batches,
 and the softmax probabilities are resized back to the slice's own size and
 averaged over scales (the paper's multi-scale fusion; one scale is
-single-scale). Probabilities are kept in float16 to bound memory.
+single-scale). Probabilities are kept in float16 to bound memory. With a
+``box``, only that in-plane box of each slice is resized and run (stage two
+on the liver's box); the rest of ``out`` keeps its values.
 """
 
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,18 +35,24 @@ def predict_slices(
     out: Optional[Tensor] = None,
     device: torch.device = torch.device("cpu"),
     amp: bool = False,
+    box: Optional[Tuple[int, int, int, int]] = None,
 ) -> Tensor:
     """Run ``network`` on axial slices; returns (classes, H, W, n_slices) float16.
 
     ``make_input(idx)`` returns the (len(idx), C, H, W) float32 network input
     for those slice indices; ``indices`` restricts the run to some slices
-    (``out`` keeps the values of the others).
+    (``out`` keeps the values of the others), ``box`` = (x0, x1, y0, y1) to
+    the in-plane box of each slice (``out`` is then required).
     """
     indices = list(range(n_slices)) if indices is None else list(indices)
-    h, w = slice_shape
+    full = tuple(slice_shape)
+    if box is not None and out is None:
+        raise ValueError("predict_slices: a box needs the output volume it is written into")
+    x0, x1, y0, y1 = box if box is not None else (0, full[0], 0, full[1])
+    h, w = x1 - x0, y1 - y0
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
-        x = make_input(idx).to(device, non_blocking=True)
+        x = make_input(idx)[:, :, x0:x1, y0:y1].to(device, non_blocking=True)
         acc = None
         for s in scales:
             size = scaled_size((h, w), s)
@@ -59,7 +67,7 @@ def predict_slices(
         acc = (acc / len(scales)).to(torch.float16)
         if out is None:
             out = torch.zeros((acc.shape[1], h, w, n_slices), dtype=torch.float16, device=acc.device)
-        out[..., idx] = acc.permute(1, 2, 3, 0).to(out.device)
+        out[:, x0:x1, y0:y1, idx] = acc.permute(1, 2, 3, 0).to(out.device)
     if out is None:  # no slice to run
         raise ValueError("predict_slices: nothing to predict")
     return out

@@ -8,6 +8,7 @@ from monai.transforms import MapTransform, Randomizable, RandomizableTransform
 from scipy import ndimage
 
 from lib.settings import LABELS
+from lib.transforms.transforms import liver_box
 
 
 def slice_categories(label: np.ndarray) -> Dict[str, np.ndarray]:
@@ -118,4 +119,25 @@ class LoadStageOneMapsd(MapTransform):
             if tuple(maps.shape[1:]) != tuple(img.shape[1:]):
                 raise ValueError(f"stage-one maps {tuple(maps.shape)} do not match image {tuple(img.shape)}")
             d[key] = torch.cat([torch.as_tensor(img), maps], 0)
+        return d
+
+
+class CropToLiverBoxd(MapTransform):
+    """Crop (C, X, Y, Z) volumes in-plane to stage two's liver box (:func:`liver_box` of the
+    stage-one liver map, channel ``channel`` of ``map_key``), as inference does; volumes
+    where stage one found no liver stay whole."""
+
+    def __init__(self, keys, map_key: str = "image", channel: int = 2):
+        super().__init__(keys)
+        self.map_key = map_key
+        self.channel = channel
+
+    def __call__(self, data):
+        d = dict(data)
+        box = liver_box(d[self.map_key][self.channel])
+        if box is None:
+            return d
+        x0, x1, y0, y1 = box
+        for key in self.key_iterator(d):
+            d[key] = d[key][:, x0:x1, y0:y1]
         return d

@@ -18,7 +18,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRanged
 from scipy import ndimage
 
-from lib.settings import HU_WINDOW, LABELS
+from lib.settings import HU_WINDOW, LABELS, LIVER_BOX_MARGIN, LIVER_BOX_MIN_MARGIN
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,23 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     sizes[0] = 0
     out[box] = comps == int(sizes.argmax())
     return out
+
+
+def liver_box(liver, points=()):
+    """In-plane box ``(x0, x1, y0, y1)`` of stage two's input: the largest 3D component of ``liver``
+    (an (X, Y, Z) map, > 0.5), plus any ``points`` (voxel indices, e.g. clicks), widened by
+    LIVER_BOX_MARGIN of its size (at least LIVER_BOX_MIN_MARGIN pixels) and clipped to the slice.
+    None when there is no liver: the caller runs on the whole slice."""
+    arr = liver.float().cpu().numpy() if torch.is_tensor(liver) else np.asarray(liver, dtype=np.float32)
+    mask = largest_component(arr > 0.5)
+    x_idx, y_idx = np.flatnonzero(mask.any((1, 2))), np.flatnonzero(mask.any((0, 2)))
+    xs = [int(round(p[0])) for p in points] + ([int(x_idx[0]), int(x_idx[-1])] if len(x_idx) else [])
+    ys = [int(round(p[1])) for p in points] + ([int(y_idx[0]), int(y_idx[-1])] if len(y_idx) else [])
+    if not xs:
+        return None
+    margin = max(LIVER_BOX_MIN_MARGIN, int(round(LIVER_BOX_MARGIN * max(max(xs) - min(xs), max(ys) - min(ys)))))
+    h, w = arr.shape[:2]
+    return max(0, min(xs) - margin), min(h, max(xs) + margin + 1), max(0, min(ys) - margin), min(w, max(ys) + margin + 1)
 
 
 class KeepLargestLiverd(MapTransform):

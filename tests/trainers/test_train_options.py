@@ -1,0 +1,56 @@
+"""Train request options, through the same train tasks as ``POST /train``: ``val_interval``
+(validate every N epochs) and ``liver_box`` (stage two trained, then run, on the liver's box)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+
+from support import APP, ROOT
+
+LITS = ROOT / "sample-data" / "generated" / "lits"
+
+
+def _datalists(tmp_path):
+    cases = [{"image": str(LITS / f"volume-{i}.nii.gz"), "label": str(LITS / f"segmentation-{i}.nii.gz")}
+             for i in (0, 1)]
+    (tmp_path / "train.json").write_text(json.dumps(cases[:1]))
+    (tmp_path / "val.json").write_text(json.dumps(cases[1:]))
+    return cases
+
+
+def test_validation_every_second_epoch(tmp_path):
+    from lib.trainers.cli import main
+
+    _datalists(tmp_path)
+    model_dir = tmp_path / "model"
+    main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+          "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "4", "--val_interval", "2",
+          "--samples_per_volume", "2", "--train_batch_size", "2", "--dataset", "Dataset", "--pretrained", "false"])
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert [h["epoch"] for h in stats["history"]] == [2, 4]
+    assert all("val_liver_dice" in h for h in stats["history"])
+    assert Path(stats["model"]).exists()
+
+
+def test_cascade_on_the_liver_box(tmp_path):
+    """A cascade trained with liver_box says so in its checkpoint, and inference then runs stage two
+    on the box around stage one's liver (reported in the result), not on the whole slice."""
+    import torch
+
+    from lib.evaluation.predict import make_task, predict_file
+    from lib.trainers.cli import main
+
+    cases = _datalists(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)  # a stage one that finds the liver
+    main(["--models", "liver_cascade", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+          "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--liver_box", "true",
+          "--samples_per_volume", "2", "--train_batch_size", "2", "--dataset", "Dataset", "--pretrained", "false"])
+    assert torch.load(model_dir / "liver_cascade_lite.pt", weights_only=False)["meta"]["liver_box"] is True
+    result = predict_file(make_task("liver_cascade", str(model_dir)), cases[1]["image"], str(tmp_path / "p.nii.gz"))
+    x0, x1, y0, y1 = result["timings"]["stage2_box"]
+    nx, ny = nib.as_closest_canonical(nib.load(cases[1]["image"])).shape[:2]  # the box indexes the RAS array
+    assert 0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny and (x1 - x0) * (y1 - y0) < 0.8 * nx * ny
