@@ -71,13 +71,15 @@ def main(argv=None):
     ap.add_argument("--elastic", type=float, default=None, help="random elastic deformation magnitude (trainer default if unset)")
     ap.add_argument("--slices-per-volume", type=int, default=None,
                     help="slices drawn per volume (default 10: a batch of 10 slices is one volume's)")
+    ap.add_argument("--liver-box", action="store_const", const=1, default=None,
+                    help="train stage two on the liver's box (the liver_box train option)")
     ap.add_argument("--val-interval", type=int, default=None, help="validate every N epochs (trainer default 1)")
     args = ap.parse_args(argv)
 
     # recipe options set on the command line (None: the trainer's default), named in the output paths
     options = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
                "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
-               "val_interval": ("vi", args.val_interval)}
+               "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
     work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant
     transfer_dir = None
@@ -123,7 +125,8 @@ def main(argv=None):
     ref = load_label(str(lab))
     spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
     results = {"holdout": args.holdout, "other_phase": args.other_phase, "finetune": args.finetune,
-               "epochs": [args.epochs1, args.epochs2], **{k: v for k, (_, v) in options.items()},
+               "epochs": {m: e for m, e in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2))
+                          if m in args.models.split(",")}, **{k: v for k, (_, v) in options.items()},
                "train_seconds": timings, "rows": {}}
     for model in ("liver_resnet", "liver_cascade"):
         task = make_task(model, args.model_dir)
