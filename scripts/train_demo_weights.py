@@ -57,7 +57,8 @@ def main(argv=None):
     ap.add_argument("--epochs2", type=int, default=25)
     ap.add_argument("--repeat-real", type=int, default=6)
     ap.add_argument("--val-phantoms", type=int, default=2)
-    ap.add_argument("--train-phantoms", type=int, default=None, help="train on this many phantoms (default: all the others)")
+    ap.add_argument("--train-phantoms", type=int, default=None,
+                    help="train on this many phantoms (default: all but the validation ones)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--dice-weight", type=float, default=1.0)
@@ -69,8 +70,10 @@ def main(argv=None):
     ap.add_argument("--transfer-dir", default=str(ROOT / "data-local" / "transfer"))
     ap.add_argument("--finetune", action="store_true", help="start from the weights already in --model-dir")
     ap.add_argument("--flip-prob", type=float, default=None, help="in-plane flip probability (trainer default if unset)")
-    ap.add_argument("--rotate-deg", type=float, default=None, help="random rotation up to +-N degrees (trainer default if unset)")
-    ap.add_argument("--elastic", type=float, default=None, help="random elastic deformation magnitude (trainer default if unset)")
+    ap.add_argument("--rotate-deg", type=float, default=None,
+                    help="random rotation up to +-N degrees (trainer default if unset)")
+    ap.add_argument("--elastic", type=float, default=None,
+                    help="random elastic deformation magnitude (trainer default if unset)")
     ap.add_argument("--slices-per-volume", type=int, default=None,
                     help="slices drawn per volume (default 10: a batch of 10 slices is one volume's)")
     ap.add_argument("--liver-box", action="store_const", const=1, default=None,

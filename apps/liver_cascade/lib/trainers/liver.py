@@ -79,7 +79,7 @@ RECIPE = {
     "val_interval": 1,  # validate (and maybe publish) every N epochs
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
-    "liver_box": False,  # cascade only: train (and so run) stage two on the liver's box, not the whole slice (not the paper)
+    "liver_box": False,  # cascade only: train (and so run) stage two on the liver's box; off: whole slice (the paper)
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
 }

@@ -130,7 +130,9 @@ def liver_box(liver, points=()):
         return None
     margin = max(LIVER_BOX_MIN_MARGIN, int(round(LIVER_BOX_MARGIN * max(max(xs) - min(xs), max(ys) - min(ys)))))
     h, w = arr.shape[:2]
-    return max(0, min(xs) - margin), min(h, max(xs) + margin + 1), max(0, min(ys) - margin), min(w, max(ys) + margin + 1)
+    x0, x1 = max(0, min(xs) - margin), min(h, max(xs) + margin + 1)
+    y0, y1 = max(0, min(ys) - margin), min(w, max(ys) + margin + 1)
+    return x0, x1, y0, y1
 
 
 class KeepLargestLiverd(MapTransform):
