@@ -81,11 +81,13 @@ def main(argv=None):
     ap.add_argument("--val-interval", type=int, default=None, help="validate every N epochs (trainer default 1)")
     args = ap.parse_args(argv)
 
-    # recipe options set on the command line (None: the trainer's default), named in the output paths
-    options = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
-               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
-               "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box),
-               "train_phantoms": ("phantoms", args.train_phantoms)}
+    models = args.models.split(",")
+    # train request keys set on the command line (None: the trainer's default), plus the datalist's
+    # phantom count; all named in the output paths
+    recipe = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
+              "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
+              "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box)}
+    options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
     work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant
     transfer_dir = None
@@ -99,18 +101,15 @@ def main(argv=None):
                                  args.val_phantoms, work, transfer_dir, args.train_phantoms)
     # The paper's sampling and batch; from scratch on a CPU budget (no ImageNet weights) a
     # 6x higher SGD rate and a Dice term converge in minutes where lr 0.0016 did not move.
-    common = ["--train_batch_size", "10", "--liver_ratio", "1.0",
-              "--dataset", "CacheDataset", "--pretrained", "true" if args.finetune else "false",
-              "--lr", str(args.lr), "--lr_decay_from", str(args.lr / 2), "--dice_weight", str(args.dice_weight)]
-    if args.slices_per_volume is None:
-        common += ["--samples_per_volume", "10"]
-    for key, (_, value) in options.items():
-        if value is not None and key != "train_phantoms":  # the others are train request keys
-            common += [f"--{key}", str(value)]
+    request = {"samples_per_volume": 10, "train_batch_size": 10, "liver_ratio": 1.0, "dataset": "CacheDataset",
+               "pretrained": "true" if args.finetune else "false", "lr": args.lr, "lr_decay_from": args.lr / 2,
+               "dice_weight": args.dice_weight}
+    request.update({key: v for key, (_, v) in recipe.items() if v is not None})
+    common = [arg for key, v in request.items() for arg in (f"--{key}", str(v))]
     timings = {}
     if not args.skip_train:
         for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
-            if model not in args.models.split(","):
+            if model not in models:
                 continue
             t0 = time.time()
             cmd = [sys.executable, "-m", "lib.trainers.cli", "--models", model, "--model_dir", args.model_dir,
@@ -132,7 +131,7 @@ def main(argv=None):
     spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
     results = {"holdout": args.holdout, "other_phase": args.other_phase, "finetune": args.finetune,
                "epochs": {m: e for m, e in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2))
-                          if m in args.models.split(",")}, **{k: v for k, (_, v) in options.items()},
+                          if m in models}, **{k: v for k, (_, v) in options.items()},
                "train_seconds": timings, "rows": {}}
     for model in ("liver_resnet", "liver_cascade"):
         task = make_task(model, args.model_dir)

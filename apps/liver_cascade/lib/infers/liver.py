@@ -32,7 +32,7 @@ from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
 from lib.validation import InputError
-from lib.transforms.inference import predict_slices
+from lib.transforms.inference import class_probs, predict_slices
 from lib.transforms.interaction import encode_clicks, enforce_clicks, to_oriented_index
 from lib.transforms.transforms import (
     DenseCRFd,
@@ -266,7 +266,7 @@ class LiverSegmentation(BasicInferTask):
                 # keep the annotator's liver as is; stage two decides lesion vs liver inside it
                 inside = corrected.to(probs.device) > 0.5
                 lesion = probs[2].float() * inside
-                probs = torch.stack([(~inside).float(), inside.float() - lesion, lesion]).to(torch.float16)
+                probs = class_probs(inside, lesion).to(torch.float16)
         data["lesion_prob"] = probs[2].cpu().clone()  # a copy, so the 3-class map can be freed after argmax
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs

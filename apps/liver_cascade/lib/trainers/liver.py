@@ -45,7 +45,7 @@ from lib.conf import AppConf
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
-from lib.transforms.inference import predict_slices
+from lib.transforms.inference import class_probs, predict_slices
 from lib.transforms.interaction import SimulateClicksd
 from lib.transforms.slices import CropToLiverBoxd, LoadStageOneMapsd, SampleAxialSlicesd, SimulateCorrectedLiverd
 from lib.transforms.transforms import hu_window, liver_box
@@ -130,8 +130,7 @@ class SliceVolumeInferer(Inferer):
         box, out = None, None
         if self.use_liver_box and c == 3:
             box = liver_box(vol[2])
-            lesion, liver = vol[1].float(), vol[2].float()
-            out = torch.stack([1 - liver, liver - lesion, lesion]).clamp(0, 1).half()
+            out = class_probs(liver=vol[2], lesion=vol[1]).half()  # stage one's, kept outside the box
         probs = predict_slices(
             network, lambda idx: vol[..., idx].permute(3, 0, 1, 2), n, (h, w), self.scales, self.batch_size,
             device=vol.device, box=box, out=out,

@@ -16,6 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def class_probs(liver: Tensor, lesion: Tensor) -> Tensor:
+    """(background, liver, lesion) probabilities from whole-liver and lesion maps (lesion within liver)."""
+    liver, lesion = liver.float(), lesion.float()
+    return torch.stack([1 - liver, liver - lesion, lesion]).clamp(0, 1)
+
+
 def scaled_size(shape, scale: int):
     """(h, w) resized so that max(h, w) == scale, aspect ratio kept."""
     h, w = shape
