@@ -95,7 +95,9 @@ def main(argv=None):
     multi = tuple(s * args.size // preset.base_size for s in preset.all_scales) if not args.dry_run else preset.all_scales
     rows = []
     for scales in (single, multi):
-        run_volume(nets, vol[..., : min(args.slices, 2 * args.batch)], scales, args.batch, device, amp)  # warm-up
+        # warm-up on a full batch and the volume's last, shorter one: cudnn picks its kernels per shape
+        run_volume(nets, vol[..., : min(args.slices, args.batch + args.slices % args.batch)], scales, args.batch,
+                   device, amp)
         secs = run_volume(nets, vol, scales, args.batch, device, amp)
         flops = sum(flops_per_slice(n, s, c, device) for n, c in zip(nets, (1, 3)) for s in scales) * args.slices
         rows.append({"scales": list(scales), "seconds": round(secs, 2), "tflop": round(flops / 1e12, 1),
