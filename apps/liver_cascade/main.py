@@ -43,7 +43,7 @@ DEFAULT_MODELS = "liver_resnet,liver_cascade"  # vgg_fcn (ablation baseline): --
 class LiverCascadeApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         self.model_dir = os.path.join(app_dir, "model")
-        self.app_conf = AppConf.from_conf(conf)
+        self.app_conf = AppConf.from_conf(conf, self.model_dir)
         # one inference at a time in this process (HTTP, scoring, active learning): bounded memory
         self._infer_slots = threading.Semaphore(self.app_conf.max_parallel_infers)
 

@@ -4,12 +4,16 @@ Every option of the app is listed here with its default; configs, infer and
 train tasks receive an :class:`AppConf` and never parse strings themselves.
 """
 
+import logging
+import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from lib.settings import DEFAULT_PRESET, PRESETS
+from lib.settings import DEFAULT_PRESET, PRESETS, model_filename
+
+logger = logging.getLogger(__name__)
 
 
 def _bool(value) -> bool:
@@ -33,6 +37,22 @@ def parse_scales(value, preset: str) -> Tuple[int, ...]:
     return scales
 
 
+def default_preset(model_dir: Optional[str] = None) -> str:
+    """The preset used when ``--conf preset`` is not given.
+
+    ``lite`` on a CPU. On a GPU the paper's network, but only when its stage-one weights are in
+    ``model_dir``: none ship (they are 0.5 GB), and a GPU user's first inference should run the
+    shipped ``lite`` weights rather than answer "model not ready"."""
+    if not torch.cuda.is_available():
+        return DEFAULT_PRESET["cpu"]
+    preset = DEFAULT_PRESET["cuda"]
+    if model_dir is not None and not os.path.exists(os.path.join(model_dir, model_filename("liver_resnet", preset))):
+        logger.info("GPU found but no %s weights in %s: using the %s preset (--conf preset %s to train it)",
+                    preset, model_dir, DEFAULT_PRESET["cpu"], preset)
+        return DEFAULT_PRESET["cpu"]
+    return preset
+
+
 @dataclass(frozen=True)
 class AppConf:
     preset: str
@@ -52,9 +72,9 @@ class AppConf:
     max_parallel_infers: int  # inferences at once in the server process; more requests wait in line
 
     @classmethod
-    def from_conf(cls, conf: Dict[str, str]) -> "AppConf":
+    def from_conf(cls, conf: Dict[str, str], model_dir: Optional[str] = None) -> "AppConf":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        preset = conf.get("preset", DEFAULT_PRESET[device])
+        preset = conf.get("preset") or default_preset(model_dir)
         if preset not in PRESETS:
             raise ValueError(f"--conf preset must be one of {sorted(PRESETS)}, got {preset!r}")
         return cls(

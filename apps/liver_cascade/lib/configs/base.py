@@ -24,7 +24,7 @@ class LiverTaskConfigBase:
 
     def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
-        self.app_conf = AppConf.from_conf(conf)
+        self.app_conf = AppConf.from_conf(conf, model_dir)
         self.labels = dict(LABELS)
         self.label_colors = {k: list(v) for k, v in LABEL_COLORS.items()}
         self.path = os.path.join(model_dir, model_filename(self.task, self.app_conf.preset))

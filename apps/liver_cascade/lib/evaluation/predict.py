@@ -19,7 +19,8 @@ TASKS = {
 
 def make_task(model: str, model_dir: str, conf: Optional[Dict[str, str]] = None) -> LiverSegmentation:
     arch, cascade = TASKS[model]
-    return LiverSegmentation(model_dir, AppConf.from_conf(conf or {}), cascade=cascade, arch=arch, task_name=model)
+    app_conf = AppConf.from_conf(conf or {}, model_dir)
+    return LiverSegmentation(model_dir, app_conf, cascade=cascade, arch=arch, task_name=model)
 
 
 def predict_file(task: LiverSegmentation, image: str, out_path: str, params: Optional[dict] = None) -> dict:

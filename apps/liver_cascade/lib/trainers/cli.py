@@ -56,7 +56,7 @@ def main(argv=None):
         request[k.lstrip("-")] = _value(v)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
     conf = {"preset": args.preset} if args.preset else {}
-    app_conf = AppConf.from_conf(conf)
+    app_conf = AppConf.from_conf(conf, args.model_dir)
     if args.train_ds:
         with open(args.train_ds) as f:
             datalist = json.load(f)

@@ -1,0 +1,46 @@
+"""--conf parsing: the default preset follows the device and the weights that are there."""
+
+import pytest
+import torch
+
+from lib.conf import AppConf, default_preset, parse_scales
+from lib.settings import PRESETS, model_filename
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_cpu_default_is_lite(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    (tmp_path / model_filename("liver_resnet", "paper")).write_bytes(b"")
+    assert default_preset(str(tmp_path)) == "lite"
+    assert AppConf.from_conf({}, str(tmp_path)).preset == "lite"
+
+
+def test_gpu_without_paper_weights_runs_the_shipped_lite_weights(gpu, tmp_path):
+    (tmp_path / model_filename("liver_resnet", "lite")).write_bytes(b"")
+    conf = AppConf.from_conf({}, str(tmp_path))
+    assert conf.preset == "lite" and conf.scales == PRESETS["lite"].default_scales
+    assert conf.batch_size == 32  # the GPU's batch, whatever the preset
+
+
+def test_gpu_with_paper_weights_runs_the_paper_network(gpu, tmp_path):
+    (tmp_path / model_filename("liver_resnet", "paper")).write_bytes(b"")
+    conf = AppConf.from_conf({}, str(tmp_path))
+    assert conf.preset == "paper" and conf.scales == PRESETS["paper"].default_scales
+
+
+def test_an_explicit_preset_wins(gpu, tmp_path):
+    assert AppConf.from_conf({"preset": "paper"}, str(tmp_path)).preset == "paper"
+    assert AppConf.from_conf({"preset": "lite", "scales": "paper"}, str(tmp_path)).scales == PRESETS["lite"].all_scales
+    with pytest.raises(ValueError, match="preset must be one of"):
+        AppConf.from_conf({"preset": "huge"}, str(tmp_path))
+
+
+def test_scales_are_checked():
+    assert parse_scales("192, 208", "lite") == (192, 208)
+    with pytest.raises(ValueError):
+        parse_scales("16", "lite")
