@@ -79,6 +79,8 @@ def main(argv=None):
     ap.add_argument("--liver-box", action="store_const", const=1, default=None,
                     help="train stage two on the liver's box (the liver_box train option)")
     ap.add_argument("--val-interval", type=int, default=None, help="validate every N epochs (trainer default 1)")
+    ap.add_argument("--swa-from", type=float, default=None,
+                    help="publish the average of the weights after each epoch past this fraction (the swa_from option)")
     args = ap.parse_args(argv)
 
     models = args.models.split(",")
@@ -86,7 +88,8 @@ def main(argv=None):
     # phantom count; all named in the output paths
     recipe = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
-              "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box)}
+              "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box),
+              "swa_from": ("swa", args.swa_from)}
     options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
     work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant

@@ -1,5 +1,6 @@
 """Train request options, through the same train tasks as ``POST /train``: ``val_interval``
-(validate every N epochs) and ``liver_box`` (stage two trained, then run, on the liver's box)."""
+(validate every N epochs), ``liver_box`` (stage two trained, then run, on the liver's box) and
+``swa_from`` (the average of the last epochs' weights published instead of the best epoch)."""
 
 import json
 import shutil
@@ -54,3 +55,39 @@ def test_cascade_on_the_liver_box(tmp_path):
     x0, x1, y0, y1 = result["timings"]["stage2_box"]
     nx, ny = nib.as_closest_canonical(nib.load(cases[1]["image"])).shape[:2]  # the box indexes the RAS array
     assert 0 <= x0 < x1 <= nx and 0 <= y0 < y1 <= ny and (x1 - x0) * (y1 - y0) < 0.8 * nx * ny
+
+
+def test_weight_average_publishes_the_mean_of_the_last_epochs(tmp_path):
+    """With swa_from, the published checkpoint holds the mean of the weights after epochs 2 and 3 of 3,
+    with batch-norm statistics recomputed on training data (not the reset 0 / 1)."""
+    import torch
+
+    from lib.trainers.cli import main
+    from lib.trainers.liver import WeightAverage
+
+    seen = {}
+    on_epoch = WeightAverage.on_epoch
+
+    def record(self, engine):  # keep a copy of each epoch's weights to check the average against
+        seen[engine.state.epoch] = {k: v.detach().clone() for k, v in self._net().state_dict().items()}
+        on_epoch(self, engine)
+
+    _datalists(tmp_path)
+    model_dir = tmp_path / "model"
+    WeightAverage.on_epoch = record
+    try:
+        main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+              "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "3", "--swa_from", "0.5",
+              "--samples_per_volume", "2", "--train_batch_size", "2", "--dataset", "Dataset", "--pretrained", "false"])
+    finally:
+        WeightAverage.on_epoch = on_epoch
+    ckpt = torch.load(model_dir / "liver_resnet_lite.pt", weights_only=False)
+    assert ckpt["meta"]["swa_epochs"] == [2, 3]  # int(0.5 * 3) + 1 = 2 onwards
+    weight = next(k for k in ckpt["model"] if k.endswith("conv1.weight"))
+    assert torch.allclose(ckpt["model"][weight], (seen[2][weight] + seen[3][weight]) / 2, atol=1e-6)
+    assert not torch.equal(ckpt["model"][weight], seen[3][weight])  # not simply the last epoch
+    bn_mean = next(v for k, v in ckpt["model"].items() if k.endswith("running_mean"))
+    bn_var = next(v for k, v in ckpt["model"].items() if k.endswith("running_var"))
+    assert bn_mean.abs().sum() > 0 and not torch.allclose(bn_var, torch.ones_like(bn_var))
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert stats["swa_epochs"] == [2, 3] and stats["done"] is True

@@ -80,6 +80,8 @@ RECIPE = {
     "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
     "liver_box": False,  # cascade only: train (and so run) stage two on the liver's box; off: whole slice (the paper)
+    "swa_from": 0.0,  # >0: publish the average of the weights after each epoch past this fraction of max_epochs
+    # (batch-norm statistics recomputed on the training data) instead of the best-validation epoch; 0: off
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
 }
@@ -339,6 +341,12 @@ class LiverSliceTrainer(BasicTrainTask):
         engine = context.evaluator if context.evaluator else context.trainer
         engine.add_event_handler(Events.EPOCH_COMPLETED, progress)
         context.trainer.add_event_handler(Events.ITERATION_COMPLETED, progress.on_iteration)
+        swa_from = float(context.request.get("swa_from", 0.0))
+        if swa_from > 0:
+            swa = WeightAverage(self, context, first_epoch=int(swa_from * context.max_epochs) + 1)
+            context.trainer.add_event_handler(Events.EPOCH_COMPLETED, swa.on_epoch)
+            context.trainer.add_event_handler(Events.COMPLETED, swa.on_completed)
+            progress.swa = swa
         context.trainer.add_event_handler(Events.COMPLETED, progress.on_completed)
 
 
@@ -354,6 +362,64 @@ def _as_list(x):
     return x if isinstance(x, list) else [x]
 
 
+class WeightAverage:
+    """Stochastic weight averaging (Izmailov et al. 2018), opt-in with ``swa_from``.
+
+    The weights after every epoch from ``first_epoch`` on are averaged; at the end the batch-norm
+    statistics are recomputed with one pass over the training data and the average is published in
+    place of the best-validation checkpoint (a phantom validation set did not predict real-CT quality,
+    docs/RESULTS.md)."""
+
+    def __init__(self, task: "LiverSliceTrainer", context: Context, first_epoch: int):
+        self.task, self.context, self.first_epoch = task, context, max(1, first_epoch)
+        self.model: Optional[torch.optim.swa_utils.AveragedModel] = None
+        self.epochs: List[int] = []
+
+    def _net(self):
+        net = self.context.network
+        return net.module if hasattr(net, "module") else net
+
+    def on_epoch(self, engine):
+        if engine.state.epoch < self.first_epoch:
+            return
+        if self.model is None:  # a copy; its first update_parameters() takes the weights as they are
+            self.model = torch.optim.swa_utils.AveragedModel(self._net())
+        self.model.update_parameters(self._net())
+        self.epochs.append(engine.state.epoch)
+
+    @torch.no_grad()
+    def update_bn(self, loader, device):
+        """Batch-norm running statistics of the averaged weights: a cumulative mean over one epoch."""
+        bns = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        was_training = self.model.training
+        self.model.train()
+        for batch in loader:
+            batch = batch[0] if isinstance(batch, list) else batch
+            self.model(batch["image"].to(device))
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        self.model.train(was_training)
+
+    def on_completed(self, engine):
+        if self.model is None:
+            logger.warning(f"[{self.task.task}] swa_from: no epoch reached {self.first_epoch}; nothing averaged")
+            return
+        self.update_bn(engine.state.dataloader, next(self._net().parameters()).device)
+        ctx = self.context
+        save_checkpoint(
+            self.task.publish_file, self.model.module, self.task.arch, self.task.preset, self.task.in_channels,
+            meta={"task": self.task.task, "epoch": engine.state.epoch, "swa_epochs": self.epochs, "run_id": ctx.run_id,
+                  "trained_on": len(ctx.train_datalist), "validated_on": len(ctx.val_datalist or []),
+                  "liver_box": self.task.uses_liver_box(ctx), "published_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+        )
+        logger.info(f"[{self.task.task}] published the average of epochs {self.epochs[0]}-{self.epochs[-1]} "
+                    f"({len(self.epochs)} epochs) -> {os.path.basename(self.task.publish_file)}")
+
+
 class TrainingProgress:
     """Per-epoch log line, stats JSON, learning-curve PNG, and atomic publishing of the best model."""
 
@@ -365,6 +431,7 @@ class TrainingProgress:
         self.best: Optional[float] = None
         self.start = time.time()
         self.curve_path = os.path.join(os.path.dirname(task.publish_file), f"{task.task}_{task.preset}_curve.png")
+        self.swa: Optional[WeightAverage] = None
 
     def on_iteration(self, engine):
         out = engine.state.output
@@ -424,6 +491,8 @@ class TrainingProgress:
             "model": self.task.publish_file,
             "done": final,
         }
+        if self.swa is not None:
+            stats["swa_epochs"] = self.swa.epochs  # published at the end: their average, not the best epoch
         os.makedirs(os.path.dirname(self.task._stats_path), exist_ok=True)
         tmp = self.task._stats_path + ".tmp"
         with open(tmp, "w") as f:
