@@ -362,6 +362,13 @@ def _as_list(x):
     return x if isinstance(x, list) else [x]
 
 
+def checkpoint_meta(task: "LiverSliceTrainer", ctx: Context, **extra) -> Dict[str, Any]:
+    """What a published checkpoint records about the run that made it."""
+    return {"task": task.task, "run_id": ctx.run_id, "trained_on": len(ctx.train_datalist),
+            "validated_on": len(ctx.val_datalist or []), "liver_box": task.uses_liver_box(ctx),
+            "published_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **extra}
+
+
 class WeightAverage:
     """Stochastic weight averaging (Izmailov et al. 2018), opt-in with ``swa_from``.
 
@@ -412,9 +419,7 @@ class WeightAverage:
         ctx = self.context
         save_checkpoint(
             self.task.publish_file, self.model.module, self.task.arch, self.task.preset, self.task.in_channels,
-            meta={"task": self.task.task, "epoch": engine.state.epoch, "swa_epochs": self.epochs, "run_id": ctx.run_id,
-                  "trained_on": len(ctx.train_datalist), "validated_on": len(ctx.val_datalist or []),
-                  "liver_box": self.task.uses_liver_box(ctx), "published_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            meta=checkpoint_meta(self.task, ctx, epoch=engine.state.epoch, swa_epochs=self.epochs),
         )
         logger.info(f"[{self.task.task}] published the average of epochs {self.epochs[0]}-{self.epochs[-1]} "
                     f"({len(self.epochs)} epochs) -> {os.path.basename(self.task.publish_file)}")
@@ -462,10 +467,7 @@ class TrainingProgress:
             self.best = score
             save_checkpoint(
                 self.task.publish_file, ctx.network, self.task.arch, self.task.preset, self.task.in_channels,
-                meta={"task": self.task.task, "epoch": epoch, key: score, "run_id": ctx.run_id,
-                      "trained_on": len(ctx.train_datalist), "validated_on": len(ctx.val_datalist or []),
-                      "liver_box": self.task.uses_liver_box(ctx),
-                      "published_at": time.strftime("%Y-%m-%dT%H:%M:%S")},
+                meta=checkpoint_meta(self.task, ctx, epoch=epoch, **{key: score}),
             )
             published = True
         row["published"] = published
