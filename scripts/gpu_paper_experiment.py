@@ -36,6 +36,7 @@ APP = ROOT / "apps" / "liver_cascade"
 sys.path.insert(0, str(APP))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from lib.evaluation.metrics import dice  # noqa: E402  (numpy/scipy only, like everything imported here)
 from lib.networks import build_network  # noqa: E402
 from lib.settings import LABELS, NUM_CLASSES, PRESETS  # noqa: E402
 from lib.transforms.inference import predict_slices  # noqa: E402
@@ -124,13 +125,10 @@ def dice_ce(logits: torch.Tensor, target: torch.Tensor, dice_weight: float = 1.0
     return ce + dice_weight * dice.mean()
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
-
-
 def postprocess(liver: np.ndarray) -> np.ndarray:
-    """The app's liver post-processing: largest 3D component, then per-axial-slice hole fill."""
+    """Largest 3D component, then per-axial-slice hole fill: the app's liver post-processing, except that
+    components are 6-connected here (the app's ``largest_component`` is 26-connected and lives in a module
+    that needs monai, which the GPU machine lacks). The numbers in docs/RESULTS.md were measured with this."""
     from scipy import ndimage
 
     lab, n = ndimage.label(liver)
