@@ -83,14 +83,14 @@ def _children(pid):
         return []
 
 
-def run_server(studies: Path, log: Path):
+def run_server(studies: Path, log: Path, preset: str = "lite"):
     port = free_port()
     # no background scoring (MONAI Label re-scores unlabeled images at start): the timing is the request alone
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"],
                MONAI_LABEL_AUTO_UPDATE_SCORING="false", MONAI_LABEL_TRACKING_ENABLED="false")
     cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP), "--studies",
            str(studies), "--host", "127.0.0.1", "--port", str(port), "--conf", "models", "liver_resnet,liver_cascade",
-           "--conf", "skip_trainers", "true"]
+           "--conf", "skip_trainers", "true", "--conf", "preset", preset]
     proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     for _ in range(180):
@@ -147,19 +147,23 @@ def main(argv=None):
     ap.add_argument("--slices", default="100,200,400")
     ap.add_argument("--segresnet", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--preset", default="lite", choices=sorted(PRESETS),
+                    help="network preset (its weights must be in apps/liver_cascade/model)")
+    ap.add_argument("--multi", type=int, default=3, help="also time the first N sizes of the preset's ladder (0: not)")
     args = ap.parse_args(argv)
     counts = [int(s) for s in args.slices.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="lc_bench_"))
     studies = tmp / "studies"
     studies.mkdir()
     sources = {n: make_volume(n, studies / f"ct_{n}.nii.gz") for n in counts}
-    proc, url = run_server(studies, tmp / "server.log")
+    proc, url = run_server(studies, tmp / "server.log", args.preset)
     rows = []
     try:
         infer(url, f"ct_{counts[0]}")  # warm-up: model load
-        lite = PRESETS["lite"]  # the server's CPU default: its base size, then three sizes of its ladder
+        preset = PRESETS[args.preset]  # its base size, then the first sizes of its ladder
+        multi = [",".join(str(x) for x in preset.all_scales[:args.multi])] if args.multi > 1 else []
         for n in counts:
-            for scales in (None, ",".join(str(x) for x in lite.all_scales[:3])):
+            for scales in [None] + multi:
                 wall, res = infer(url, f"ct_{n}", scales)
                 lat = res.get("latencies", {})
                 rows.append({"slices": n, "scales": res.get("scales"), "wall_s": round(wall, 2),
@@ -178,7 +182,7 @@ def main(argv=None):
         print(json.dumps({"segresnet": seg}), flush=True)
     shutil.rmtree(tmp, ignore_errors=True)
 
-    print(f"\nliver_cascade CPU benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
+    print(f"\nliver_cascade CPU benchmark, preset {args.preset}, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores; volume: {sources[counts[0]].split(' resampled')[0]}")
     print("| slices | scales | wall s | pre | infer | post | write | stage-2 slices | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|")

@@ -53,6 +53,7 @@ def main(argv=None):
     ap.add_argument("--phantoms", default=str(ROOT / "data-local" / "phantom-train" / "lits"))
     ap.add_argument("--model-dir", default=str(APP / "model"))
     ap.add_argument("--work", default=str(ROOT / "data-local" / "demo"))
+    ap.add_argument("--preset", default="lite", help="network preset (lib/settings.py PRESETS)")
     ap.add_argument("--epochs1", type=int, default=40)
     ap.add_argument("--epochs2", type=int, default=25)
     ap.add_argument("--repeat-real", type=int, default=6)
@@ -92,6 +93,8 @@ def main(argv=None):
               "swa_from": ("swa", args.swa_from)}
     options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
+    if args.preset != "lite":
+        variant = "_".join(v for v in (args.preset, variant) if v)
     work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant
     transfer_dir = None
     if args.other_phase:
@@ -116,7 +119,7 @@ def main(argv=None):
                 continue
             t0 = time.time()
             cmd = [sys.executable, "-m", "lib.trainers.cli", "--models", model, "--model_dir", args.model_dir,
-                   "--train_ds", str(train_ds), "--val_ds", str(val_ds), "--max_epochs", str(epochs)] + common
+                   "--train_ds", str(train_ds), "--val_ds", str(val_ds), "--max_epochs", str(epochs), "--preset", args.preset] + common
             print(" ".join(cmd), flush=True)
             subprocess.run(cmd, cwd=str(APP), check=True)
             timings[model] = round(time.time() - t0, 1)
@@ -132,12 +135,12 @@ def main(argv=None):
     img, lab = Path(args.real_dir) / img, Path(args.real_dir) / lab
     ref = load_label(str(lab))
     spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
-    results = {"holdout": args.holdout, "other_phase": args.other_phase, "finetune": args.finetune,
+    results = {"holdout": args.holdout, "preset": args.preset, "other_phase": args.other_phase, "finetune": args.finetune,
                "epochs": {m: e for m, e in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2))
                           if m in models}, **{k: v for k, (_, v) in options.items()},
                "train_seconds": timings, "rows": {}}
     for model in ("liver_resnet", "liver_cascade"):
-        task = make_task(model, args.model_dir)
+        task = make_task(model, args.model_dir, {"preset": args.preset})
         out = work / f"pred_{model}.nii.gz"
         t0 = time.time()
         res = predict_file(task, str(img), str(out))

@@ -36,6 +36,13 @@ def test_output_stride_8_and_odd_sizes(in_channels):
     assert net.output_stride == 8
 
 
+def test_lite512_is_lite_at_the_papers_input_size():
+    """Same network (so the same parameter count and weight file size), another input size."""
+    lite, lite512 = build_network("resnet", "lite", 1), build_network("resnet", "lite512", 1)
+    assert [p.shape for p in lite.parameters()] == [p.shape for p in lite512.parameters()]
+    assert PRESETS["lite512"].base_size == PRESETS["paper"].base_size == 512
+
+
 @pytest.mark.parametrize("preset", ["paper", "lite"])
 def test_vgg_fcn_contract(preset):
     net = build_network("vgg", preset, 3).eval()
@@ -45,6 +52,7 @@ def test_vgg_fcn_contract(preset):
 
 def test_presets_declare_scales():
     assert PRESETS["paper"].default_scales == (512, 544, 576, 608, 640)
+    assert PRESETS["lite512"].all_scales == PRESETS["paper"].default_scales
     for p in PRESETS.values():
         assert p.default_scales[0] == p.base_size
         assert all(s % 8 == 0 for s in p.all_scales)

@@ -40,17 +40,18 @@ def parse_scales(value, preset: str) -> Tuple[int, ...]:
 def default_preset(model_dir: Optional[str] = None) -> str:
     """The preset used when ``--conf preset`` is not given.
 
-    ``lite`` on a CPU. On a GPU the paper's network, but only when its stage-one weights are in
-    ``model_dir``: none ship (they are 0.5 GB), and a GPU user's first inference should run the
-    shipped ``lite`` weights rather than answer "model not ready"."""
-    if not torch.cuda.is_available():
-        return DEFAULT_PRESET["cpu"]
-    preset = DEFAULT_PRESET["cuda"]
-    if model_dir is not None and not os.path.exists(os.path.join(model_dir, model_filename("liver_resnet", preset))):
-        logger.info("GPU found but no %s weights in %s: using the %s preset (--conf preset %s to train it)",
-                    preset, model_dir, DEFAULT_PRESET["cpu"], preset)
-        return DEFAULT_PRESET["cpu"]
-    return preset
+    The first preset of the device's list (``DEFAULT_PRESET``) whose stage-one weights are in
+    ``model_dir``, else the list's last: on a GPU the paper's network only when its weights are
+    there (none ship, they are 0.5 GB), so a GPU user's first inference runs shipped weights
+    rather than answering "model not ready". Without ``model_dir``, the list's first."""
+    order = DEFAULT_PRESET["cuda" if torch.cuda.is_available() else "cpu"]
+    if model_dir is None:
+        return order[0]
+    for preset in order:
+        if os.path.exists(os.path.join(model_dir, model_filename("liver_resnet", preset))):
+            return preset
+    logger.info("no weights for %s in %s: using the %s preset", ", ".join(order), model_dir, order[-1])
+    return order[-1]
 
 
 @dataclass(frozen=True)
