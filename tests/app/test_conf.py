@@ -27,23 +27,18 @@ def test_gpu_without_paper_weights_runs_the_shipped_lite_weights(gpu, tmp_path):
     assert conf.batch_size == 32  # the GPU's batch, whatever the preset
 
 
-def test_gpu_prefers_lite512_weights_to_lite(gpu, tmp_path):
+def test_lite512_is_opt_in_on_any_device(tmp_path, monkeypatch):
     for preset in ("lite", "lite512"):
         (tmp_path / model_filename("liver_resnet", preset)).write_bytes(b"")
-    conf = AppConf.from_conf({}, str(tmp_path))
-    assert conf.preset == "lite512" and conf.scales == (512,)
-
-
-def test_cpu_keeps_lite_even_with_lite512_weights(tmp_path):
-    if torch.cuda.is_available():
-        pytest.skip("this machine has a GPU")
-    for preset in ("lite", "lite512"):
-        (tmp_path / model_filename("liver_resnet", preset)).write_bytes(b"")
-    assert default_preset(str(tmp_path)) == "lite"
+    for cuda in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        assert default_preset(str(tmp_path)) == "lite"
+        conf = AppConf.from_conf({"preset": "lite512"}, str(tmp_path))
+        assert conf.preset == "lite512" and conf.scales == (512,)
 
 
 def test_gpu_with_paper_weights_runs_the_paper_network(gpu, tmp_path):
-    for preset in ("paper", "lite512", "lite"):
+    for preset in ("paper", "lite"):
         (tmp_path / model_filename("liver_resnet", preset)).write_bytes(b"")
     conf = AppConf.from_conf({}, str(tmp_path))
     assert conf.preset == "paper" and conf.scales == PRESETS["paper"].default_scales

@@ -81,14 +81,15 @@ PRESETS: Dict[str, Preset] = {
     ),
 }
 # `lite`'s network at the paper's 512-pixel input: the same 0.32 M parameters seeing the slice at
-# about 0.8 mm per pixel instead of 2 mm, for 8.5x the network time per slice on a CPU. Opt-in on a
-# CPU (`--conf preset lite512`); it has its own weights, since a network is tied to its input scale.
+# about 0.8 mm per pixel instead of 2 mm, for 8.5x the network time per slice on a CPU. Opt-in
+# (`--conf preset lite512`); it has its own weights, since a network is tied to its input scale.
 PRESETS["lite512"] = replace(PRESETS["lite"], name="lite512", base_size=512, default_scales=(512,), scale_step=32)
 
 # The preset used when `--conf preset` is not given: the first of the device's list whose stage-one
 # weights are in the model folder (lib/conf.py default_preset). On a CPU always `lite` (the speed
-# targets); on a GPU the paper's network when trained, else `lite` at 512 px, else `lite`.
-DEFAULT_PRESET: Dict[str, Tuple[str, ...]] = {"cpu": ("lite",), "cuda": ("paper", "lite512", "lite")}
+# targets); on a GPU the paper's network when trained, else `lite`. `lite512` is opt-in everywhere:
+# trained by the app's recipe it did worse than `lite` on real CT (docs/RESULTS.md).
+DEFAULT_PRESET: Dict[str, Tuple[str, ...]] = {"cpu": ("lite",), "cuda": ("paper", "lite")}
 
 # Stage two on the liver's box (not in the paper, which runs it on the whole slice): the in-plane
 # box of stage one's largest liver component, widened by this fraction of its size on each side
