@@ -149,7 +149,7 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--preset", default="lite", choices=sorted(PRESETS),
                     help="network preset (its weights must be in apps/liver_cascade/model)")
-    ap.add_argument("--multi", type=int, default=3, help="also time the first N sizes of the preset's ladder (0: not)")
+    ap.add_argument("--multi", type=int, default=3, help="also time the first N sizes of the preset's ladder (0 or 1: single-scale rows only)")
     args = ap.parse_args(argv)
     counts = [int(s) for s in args.slices.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="lc_bench_"))
