@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "apps" / "liver_cascade"
 sys.path.insert(0, str(APP))
 
+sys.path.insert(0, str(ROOT / "sample-data"))
+
 from transfer_labels import PAIRS  # noqa: E402  (the real series: one place)
 
 # labelled real cases in ../shared/real-ct/nifti
@@ -29,26 +31,57 @@ OTHER_PHASE = {patient: (f"{dst}.nii.gz", f"{dst}_label.nii.gz") for patient, (_
 
 
 def datalists(real_dir: Path, phantoms: Path, holdout: str, repeat_real: int, n_val_phantoms: int, work: Path,
-              transfer_dir: Path = None, n_train_phantoms: int = None):
+              transfer_dir: Path = None, n_train_phantoms: int = None, val_other_phase: bool = False,
+              lits: list = None, n_val_lits: int = 5):
+    """Training and validation datalists.
+
+    ``val_other_phase``: the training patient's other phase validates (real CT to choose the epoch on)
+    instead of being trained on, and no phantom does. ``lits``: labelled real CT (datastore items, e.g.
+    fetch_msd.py's Task03 layout); its first ``n_val_lits`` cases validate, the rest train, and then
+    all the phantoms train."""
     vols = sorted(phantoms.glob("volume-*.nii.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
     items = [{"image": str(v), "label": str(v.with_name(v.name.replace("volume", "segmentation")))} for v in vols]
     val, train = items[:n_val_phantoms], items[n_val_phantoms:]
+    if lits:
+        if len(lits) <= n_val_lits:
+            raise ValueError(f"{len(lits)} labelled LiTS cases: need more than the {n_val_lits} that validate")
+        val, train = lits[:n_val_lits], list(items)
     train = train if n_train_phantoms is None else train[:n_train_phantoms]
+    train += lits[n_val_lits:] if lits else []
+    if val_other_phase:
+        if transfer_dir is None or lits:
+            raise ValueError("validating on the other phase needs its labels (transfer_dir), and no LiTS set")
+        val = []
     for name, (img, lab) in REAL.items():
-        if name != holdout:
+        if holdout != "all" and name != holdout:  # "all": every real patient held out
             train += [{"image": str(real_dir / img), "label": str(real_dir / lab)}] * repeat_real
             if transfer_dir is not None:  # the training patient's other phase, never the held-out patient's
                 img2, lab2 = OTHER_PHASE[name]
-                train += [{"image": str(real_dir / img2), "label": str(transfer_dir / lab2)}] * repeat_real
+                other = {"image": str(real_dir / img2), "label": str(transfer_dir / lab2)}
+                if val_other_phase:
+                    val.append(other)
+                else:
+                    train += [other] * repeat_real
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.json").write_text(json.dumps(train, indent=1))
     (work / "val.json").write_text(json.dumps(val, indent=1))
     return work / "train.json", work / "val.json"
 
 
+def lits_items(folder):
+    """The labelled cases of a datastore folder (images + labels/final), in name order; [] without one."""
+    if not folder:
+        return []
+    from fetch_msd import datastore_items
+
+    return [i for i in datastore_items(folder) if i["label"]]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--holdout", default="hcc_0697", choices=sorted(REAL) + ["none"])
+    ap.add_argument("--holdout", default="hcc_0697", choices=sorted(REAL) + ["none", "all"],
+                    help="the real patient kept out of training and tested on; none: train on both; "
+                         "all: train on neither, test on both (e.g. with --lits)")
     ap.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "real-ct" / "nifti"))
     ap.add_argument("--phantoms", default=str(ROOT / "data-local" / "phantom-train" / "lits"))
     ap.add_argument("--model-dir", default=str(APP / "model"))
@@ -58,6 +91,12 @@ def main(argv=None):
     ap.add_argument("--epochs2", type=int, default=25)
     ap.add_argument("--repeat-real", type=int, default=6)
     ap.add_argument("--val-phantoms", type=int, default=2)
+    ap.add_argument("--lits", default=None,
+                    help="a datastore of labelled real CT to train and validate on (fetch_msd.py's Task03 layout)")
+    ap.add_argument("--lits-val", type=int, default=5, help="how many --lits cases validate (the first ones)")
+    ap.add_argument("--num-workers", type=int, default=None, help="training-data loader processes (trainer default 0)")
+    ap.add_argument("--dataset", default=None,
+                    help="the trainer's dataset class (default CacheDataset; Dataset with --lits, which does not fit in memory)")
     ap.add_argument("--train-phantoms", type=int, default=None,
                     help="train on this many phantoms (default: all but the validation ones)")
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
@@ -80,9 +119,15 @@ def main(argv=None):
     ap.add_argument("--liver-box", action="store_const", const=1, default=None,
                     help="train stage two on the liver's box (the liver_box train option)")
     ap.add_argument("--val-interval", type=int, default=None, help="validate every N epochs (trainer default 1)")
+    ap.add_argument("--val-other-phase", action="store_true",
+                    help="validate on the training patient's other phase (implies --other-phase) instead of "
+                         "training on it; no phantom validates")
     ap.add_argument("--swa-from", type=float, default=None,
                     help="publish the average of the weights after each epoch past this fraction (the swa_from option)")
     args = ap.parse_args(argv)
+    args.other_phase = args.other_phase or args.val_other_phase
+    if args.holdout == "all" and args.other_phase:
+        ap.error("--holdout all trains on no real patient, so there is no other phase to use")
 
     models = args.models.split(",")
     # train request keys set on the command line (None: the trainer's default), plus the datalist's
@@ -91,10 +136,13 @@ def main(argv=None):
               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
               "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box),
               "swa_from": ("swa", args.swa_from)}
-    options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms)}
+    options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms),
+               "val_other_phase": ("valreal", 1 if args.val_other_phase else None)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
     if args.preset != "lite":
         variant = "_".join(v for v in (args.preset, variant) if v)
+    if args.lits:
+        variant = "_".join(v for v in ("lits", variant) if v)
     work = Path(args.work) / f"holdout_{args.holdout}" / ("two_phases" if args.other_phase else "") / variant
     transfer_dir = None
     if args.other_phase:
@@ -104,13 +152,17 @@ def main(argv=None):
 
             transfer(["--real-dir", args.real_dir, "--out", str(transfer_dir)])
     train_ds, val_ds = datalists(Path(args.real_dir), Path(args.phantoms), args.holdout, args.repeat_real,
-                                 args.val_phantoms, work, transfer_dir, args.train_phantoms)
+                                 args.val_phantoms, work, transfer_dir, args.train_phantoms, args.val_other_phase,
+                                 lits_items(args.lits), args.lits_val)
     # The paper's sampling and batch; from scratch on a CPU budget (no ImageNet weights) a
     # 6x higher SGD rate and a Dice term converge in minutes where lr 0.0016 did not move.
-    request = {"samples_per_volume": 10, "train_batch_size": 10, "liver_ratio": 1.0, "dataset": "CacheDataset",
+    request = {"samples_per_volume": 10, "train_batch_size": 10, "liver_ratio": 1.0,
+               "dataset": args.dataset or ("Dataset" if args.lits else "CacheDataset"),
                "pretrained": "true" if args.finetune else "false", "lr": args.lr, "lr_decay_from": args.lr / 2,
                "dice_weight": args.dice_weight}
     request.update({key: v for key, (_, v) in recipe.items() if v is not None})
+    if args.num_workers is not None:  # speed only: not part of the variant's name
+        request["num_workers"] = args.num_workers
     common = [arg for key, v in request.items() for arg in (f"--{key}", str(v))]
     timings = {}
     if not args.skip_train:
@@ -131,27 +183,36 @@ def main(argv=None):
     import nibabel as nib
     import numpy as np
 
-    img, lab = REAL[args.holdout]
-    img, lab = Path(args.real_dir) / img, Path(args.real_dir) / lab
-    ref = load_label(str(lab))
-    spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
     results = {"holdout": args.holdout, "preset": args.preset, "other_phase": args.other_phase, "finetune": args.finetune,
+               "lits": {"cases": len(lits_items(args.lits)), "validate": args.lits_val} if args.lits else None,
                "epochs": {m: e for m, e in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2))
                           if m in models}, **{k: v for k, (_, v) in options.items()},
                "train_seconds": timings, "rows": {}}
-    for model in ("liver_resnet", "liver_cascade"):
-        task = make_task(model, args.model_dir, {"preset": args.preset})
-        out = work / f"pred_{model}.nii.gz"
-        t0 = time.time()
-        res = predict_file(task, str(img), str(out))
-        m = evaluate_case(load_label(str(out)), ref, spacing)
-        results["rows"][model] = {k: m[k] for k in ("liver_dice", "lesion_dice", "liver_assd_mm", "liver_msd_mm",
-                                                    "n_ref_lesions", "n_pred_lesions", "detected_iou0")}
-        results["rows"][model]["infer_seconds"] = round(time.time() - t0, 2)
-        print(model, json.dumps(results["rows"][model]), flush=True)
+    for patient in (sorted(REAL) if args.holdout == "all" else [args.holdout]):
+        img, lab = (Path(args.real_dir) / f for f in REAL[patient])
+        if not (img.exists() and lab.exists()):
+            print(f"{patient}: not in {args.real_dir}, not evaluated", flush=True)
+            continue
+        ref = load_label(str(lab))
+        spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
+        rows = {}
+        for model in ("liver_resnet", "liver_cascade"):
+            task = make_task(model, args.model_dir, {"preset": args.preset})
+            out = work / f"pred_{model}{'_' + patient if args.holdout == 'all' else ''}.nii.gz"
+            t0 = time.time()
+            predict_file(task, str(img), str(out))
+            m = evaluate_case(load_label(str(out)), ref, spacing)
+            rows[model] = {k: m[k] for k in ("liver_dice", "lesion_dice", "liver_assd_mm", "liver_msd_mm",
+                                             "n_ref_lesions", "n_pred_lesions", "detected_iou0")}
+            rows[model]["infer_seconds"] = round(time.time() - t0, 2)
+            print(patient, model, json.dumps(rows[model]), flush=True)
+        if args.holdout == "all":  # rows per tested patient
+            results["rows"][patient] = rows
+        else:
+            results["rows"] = rows
     Path(args.results).mkdir(parents=True, exist_ok=True)
     # file named by split, not by patient id (nothing named after the shared data is committed)
-    name = f"demo_{SPLITS[args.holdout]}{'_two_phases' if args.other_phase else ''}"
+    name = f"demo_{SPLITS.get(args.holdout, 'unseen_both')}{'_two_phases' if args.other_phase else ''}"
     name += (f"_{variant}" if variant else "") + ".json"
     (Path(args.results) / name).write_text(json.dumps(results, indent=2))
     return 0

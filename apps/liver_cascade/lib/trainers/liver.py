@@ -84,6 +84,7 @@ RECIPE = {
     # (batch-norm statistics recomputed on the training data) instead of the best-validation epoch; 0: off
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
+    "num_workers": 0,  # training-data loader processes (e.g. 8 with "dataset": "Dataset" on LiTS-sized data)
 }
 
 
@@ -273,8 +274,10 @@ class LiverSliceTrainer(BasicTrainTask):
         per_volume = int(context.request["samples_per_volume"])
         volumes = max(1, int(context.train_batch_size) // max(1, per_volume))
         dataset, datalist = self._dataset(context, context.train_datalist, is_train=True)
-        logger.info(f"{self.task}: {len(datalist)} training volumes, {volumes} volume(s) x {per_volume} slices per batch")
-        return self._dataloader(context, dataset, volumes, num_workers, shuffle)
+        workers = min(int(context.request.get("num_workers", num_workers)), os.cpu_count() or 1)
+        logger.info(f"{self.task}: {len(datalist)} training volumes, {volumes} volume(s) x {per_volume} slices per batch, "
+                    f"{workers} loader worker(s)")
+        return self._dataloader(context, dataset, volumes, workers, shuffle)
 
     def train_post_transforms(self, context: Context):
         return [
