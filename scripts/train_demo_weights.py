@@ -1,6 +1,7 @@
 """Train the `lite` demo weights on phantoms + labelled real CT, then evaluate on a held-out real patient.
 
     .venv/bin/python scripts/train_demo_weights.py --holdout hcc_0697 --model-dir apps/liver_cascade/model
+    .venv/bin/python scripts/train_demo_weights.py --lits data-local/msd-datastore --holdout all   # make weights-lits
 
 The real CT is read from ../shared/real-ct/nifti and never copied into the
 project. Datalists, stage-one caches and predictions go to data-local/

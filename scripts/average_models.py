@@ -1,0 +1,94 @@
+"""Inference-side averaging, measured on a held-out real patient: several independently trained
+runs of a stage (an ensemble), and/or in-plane flips of the input (test-time augmentation).
+
+    .venv/bin/python scripts/average_models.py --holdout hcc_0697 \\
+        --model-dirs apps/liver_cascade/model,data-local/split1-aug [--flips] [--scales 192,208,224,240,256]
+
+Each stage's network is replaced by the average of the softmax of every member (each model
+directory's file for that stage, and each flip), inside the app's own infer task, so pre- and
+post-processing are the shipped ones. An experiment: the app itself runs one model per stage.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence, Tuple
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "apps" / "liver_cascade"
+sys.path.insert(0, str(APP))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+# in-plane flips of an (N, C, H, W) batch: none, each axis, both
+FLIPS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
+
+
+class Averaged(torch.nn.Module):
+    """Log of the mean softmax of ``networks`` over ``flips`` (the infer code takes a softmax of it)."""
+
+    def __init__(self, networks: Sequence[torch.nn.Module], flips: Sequence[Tuple[int, ...]] = ((),)):
+        super().__init__()
+        self.networks = torch.nn.ModuleList(networks)
+        self.flips = [tuple(f) for f in flips]
+
+    def forward(self, x):
+        total = 0
+        for net in self.networks:
+            for f in self.flips:
+                xf = x.flip(f).contiguous(memory_format=torch.channels_last) if f else x
+                p = torch.softmax(net(xf).float(), 1)
+                total = total + (p.flip(f) if f else p)
+        return torch.log((total / (len(self.networks) * len(self.flips))).clamp_min(1e-8))
+
+
+def main(argv=None):
+    from train_demo_weights import REAL
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--holdout", required=True, choices=sorted(REAL))
+    ap.add_argument("--model-dirs", required=True, help="comma-separated model folders (the first one's files name the task)")
+    ap.add_argument("--flips", action="store_true", help="also average over the in-plane flips")
+    ap.add_argument("--scales", default=None, help="test-time scales (default: the preset's)")
+    ap.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "real-ct" / "nifti"))
+    ap.add_argument("--out", default=str(ROOT / "data-local" / "averaged"))
+    args = ap.parse_args(argv)
+
+    import nibabel as nib
+    import numpy as np
+
+    from lib.evaluation.metrics import evaluate_case
+    from lib.evaluation.predict import load_label, make_task, predict_file
+    from lib.model_io import load_checkpoint
+
+    dirs = [str(Path(d).resolve()) for d in args.model_dirs.split(",")]
+    flips = FLIPS if args.flips else ((),)
+    img, lab = (Path(args.real_dir) / f for f in REAL[args.holdout])
+    ref = load_label(str(lab))
+    spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
+    rows = {}
+    for model in ("liver_resnet", "liver_cascade"):
+        task = make_task(model, dirs[0])
+        get = task._models.get
+
+        def averaged(path, device, how_to_train="", get=get):
+            net, info = get(path, device, how_to_train)
+            others = [load_checkpoint(str(Path(d) / Path(path).name), device)[0].eval() for d in dirs[1:]]
+            return Averaged([net] + others, flips).eval(), info
+
+        task._models.get = averaged
+        out = Path(args.out) / f"pred_{args.holdout}_{model}.nii.gz"
+        t0 = time.time()
+        predict_file(task, str(img), str(out), {"scales": args.scales} if args.scales else None)
+        m = evaluate_case(load_label(str(out)), ref, spacing)
+        rows[model] = {k: round(float(m[k]), 4) for k in ("liver_dice", "lesion_dice", "liver_assd_mm", "liver_msd_mm")}
+        rows[model]["seconds"] = round(time.time() - t0, 1)
+        print(model, json.dumps(rows[model]), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
