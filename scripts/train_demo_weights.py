@@ -199,6 +199,9 @@ def main(argv=None):
         rows = {}
         for model in ("liver_resnet", "liver_cascade"):
             task = make_task(model, args.model_dir, {"preset": args.preset})
+            if not all(os.path.exists(p) for p in task.stage_paths):  # e.g. only stage one was trained
+                print(f"{model}: no weights in {args.model_dir}, not evaluated", flush=True)
+                continue
             out = work / f"pred_{model}{'_' + patient if args.holdout == 'all' else ''}.nii.gz"
             t0 = time.time()
             predict_file(task, str(img), str(out))
