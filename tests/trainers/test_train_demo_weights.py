@@ -56,6 +56,11 @@ def test_lits_cases_validate_and_train_and_holdout_all_keeps_every_patient_out(t
     assert _names(train) == [f"volume-{i}.nii.gz" for i in range(3)] + _names(lits[1:])
     with pytest.raises(ValueError, match="need more than"):
         tdw.datalists(tmp_path / "real", phantoms, "all", 6, 2, tmp_path / "work", lits=lits, n_val_lits=4)
+    with pytest.raises(ValueError, match="no LiTS set"):  # one validation set at a time
+        tdw.datalists(tmp_path / "real", phantoms, "hcc_0697", 6, 2, tmp_path / "work", tmp_path / "transfer",
+                      val_other_phase=True, lits=lits, n_val_lits=1)
+    with pytest.raises(SystemExit):  # --holdout all trains on no real patient: no other phase to add
+        tdw.main(["--holdout", "all", "--other-phase", "--skip-train"])
 
 
 def test_lits_path_end_to_end(tmp_path, capfd):
