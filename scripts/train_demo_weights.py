@@ -113,6 +113,10 @@ def main(argv=None):
     ap.add_argument("--flip-prob", type=float, default=None, help="in-plane flip probability (trainer default if unset)")
     ap.add_argument("--rotate-deg", type=float, default=None,
                     help="random rotation up to +-N degrees (trainer default if unset)")
+    ap.add_argument("--hu-shift", type=float, default=None,
+                    help="stage one: random HU shift up to +-N (the hu_shift option; trainer default if unset)")
+    ap.add_argument("--contrast-scale", type=float, default=None,
+                    help="stage one: random contrast scaling up to +-N (the contrast_scale option)")
     ap.add_argument("--elastic", type=float, default=None,
                     help="random elastic deformation magnitude (trainer default if unset)")
     ap.add_argument("--slices-per-volume", type=int, default=None,
@@ -136,7 +140,8 @@ def main(argv=None):
     recipe = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
               "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box),
-              "swa_from": ("swa", args.swa_from)}
+              "swa_from": ("swa", args.swa_from), "hu_shift": ("hu", args.hu_shift),
+              "contrast_scale": ("cs", args.contrast_scale)}
     options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms),
                "val_other_phase": ("valreal", 1 if args.val_other_phase else None)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
