@@ -12,7 +12,6 @@ post-processing are the shipped ones. An experiment: the app itself runs one mod
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Sequence, Tuple
 
@@ -46,7 +45,7 @@ class Averaged(torch.nn.Module):
 
 
 def main(argv=None):
-    from train_demo_weights import REAL
+    from train_demo_weights import REAL, score
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--holdout", required=True, choices=sorted(REAL))
@@ -57,18 +56,12 @@ def main(argv=None):
     ap.add_argument("--out", default=str(ROOT / "data-local" / "averaged"))
     args = ap.parse_args(argv)
 
-    import nibabel as nib
-    import numpy as np
-
-    from lib.evaluation.metrics import evaluate_case
-    from lib.evaluation.predict import load_label, make_task, predict_file
+    from lib.evaluation.predict import make_task
     from lib.model_io import load_checkpoint
 
     dirs = [str(Path(d).resolve()) for d in args.model_dirs.split(",")]
     flips = FLIPS if args.flips else ((),)
     img, lab = (Path(args.real_dir) / f for f in REAL[args.holdout])
-    ref = load_label(str(lab))
-    spacing = np.linalg.norm(nib.load(str(lab)).affine[:3, :3], axis=0)
     rows = {}
     for model in ("liver_resnet", "liver_cascade"):
         task = make_task(model, dirs[0])
@@ -81,11 +74,7 @@ def main(argv=None):
 
         task._models.get = averaged
         out = Path(args.out) / f"pred_{args.holdout}_{model}.nii.gz"
-        t0 = time.time()
-        predict_file(task, str(img), str(out), {"scales": args.scales} if args.scales else None)
-        m = evaluate_case(load_label(str(out)), ref, spacing)
-        rows[model] = {k: round(float(m[k]), 4) for k in ("liver_dice", "lesion_dice", "liver_assd_mm", "liver_msd_mm")}
-        rows[model]["seconds"] = round(time.time() - t0, 1)
+        rows[model] = score(task, img, lab, out, {"scales": args.scales} if args.scales else None)
         print(model, json.dumps(rows[model]), flush=True)
     return rows
 
