@@ -220,6 +220,13 @@ def train(args) -> int:
                       "lesion_dice": round(dice((pred == LESION) & liver, ref == LESION), 4)}
         print(name, json.dumps(rows[name]), flush=True)
         write_result(args, net, rows, train_cases, step, train_seconds, log, amp)
+    if args.save:  # the app's checkpoint format (lib.model_io), so the app and its evaluation can load it
+        from lib.model_io import save_checkpoint
+
+        save_checkpoint(args.save, net, "resnet", args.preset, 1, meta={
+            "task": "liver_resnet", "trained_by": "scripts/gpu_paper_experiment.py", "holdout": args.holdout,
+            "size": base, "steps": step, "train_seconds": round(train_seconds, 1), "seed": args.seed,
+            "device": torch.cuda.get_device_name() if amp else "cpu", "trained_on": train_cases})
     return 0
 
 
@@ -255,6 +262,7 @@ def main(argv=None) -> int:
     t.add_argument("--repeat-real", type=int, default=6)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="gpu_experiment.json")
+    t.add_argument("--save", default=None, help="also write the trained network here, in the app's checkpoint format")
     args = ap.parse_args(argv)
     return pack(args) if args.command == "pack" else train(args)
 

@@ -70,10 +70,16 @@ def test_tiny_run_end_to_end(tmp_path):
         np.savez_compressed(tmp_path / f"{name}.npz", image=image, label=label, group=group)
     out = tmp_path / "result.json"
     assert gx.main(["train", "--pack", str(tmp_path), "--holdout", "hcc_0697", "--preset", "lite", "--size", "64",
-                    "--minutes", "0.05", "--batch", "4", "--out", str(out)]) == 0
+                    "--minutes", "0.05", "--batch", "4", "--out", str(out),
+                    "--save", str(tmp_path / "stage1.pt")]) == 0
     res = json.loads(out.read_text())
     assert sorted(res["train_cases"]) == ["hcc_2022_manual", "hcc_2022_transfer", "phantom_3"]  # never the held-out
     assert res["steps"] >= 1 and res["size"] == 64 and res["device"] == "cpu"
     assert list(res["rows"]) == ["1 scale", "5 scales"] and res["rows"]["5 scales"]["scales"][0] == 64
     for row in res["rows"].values():
         assert 0.0 <= row["liver_dice"] <= 1.0 and 0.0 <= row["lesion_dice"] <= 1.0
+    from lib.model_io import load_checkpoint  # the app loads what the experiment saved
+
+    net, ckpt = load_checkpoint(str(tmp_path / "stage1.pt"))
+    assert ckpt["preset"] == "lite" and ckpt["meta"]["holdout"] == "hcc_0697" and ckpt["meta"]["size"] == 64
+    assert ckpt["meta"]["steps"] == res["steps"] and "hcc_0697_manual" not in ckpt["meta"]["trained_on"]
