@@ -52,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--model-dirs", required=True, help="comma-separated model folders (the first one's files name the task)")
     ap.add_argument("--flips", action="store_true", help="also average over the in-plane flips")
     ap.add_argument("--scales", default=None, help="test-time scales (default: the preset's)")
+    ap.add_argument("--preset", default=None, help="network preset (default: the app's)")
+    ap.add_argument("--models", default="liver_resnet,liver_cascade", help="which infer tasks to score")
     ap.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "real-ct" / "nifti"))
     ap.add_argument("--out", default=str(ROOT / "data-local" / "averaged"))
     args = ap.parse_args(argv)
@@ -63,8 +65,8 @@ def main(argv=None):
     flips = FLIPS if args.flips else ((),)
     img, lab = (Path(args.real_dir) / f for f in REAL[args.holdout])
     rows = {}
-    for model in ("liver_resnet", "liver_cascade"):
-        task = make_task(model, dirs[0])
+    for model in args.models.split(","):
+        task = make_task(model, dirs[0], {"preset": args.preset} if args.preset else None)
         get = task._models.get
 
         def averaged(path, device, how_to_train="", get=get):

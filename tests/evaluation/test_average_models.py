@@ -48,3 +48,11 @@ def test_members_that_agree_give_the_single_model_result(tmp_path):
     for stage in ("liver_resnet", "liver_cascade"):
         assert single[stage]["liver_dice"] > 0.5  # the shipped weights find the phantom's liver
         assert twice[stage]["liver_dice"] == pytest.approx(single[stage]["liver_dice"], abs=2e-3)
+    # one stage, a named preset, a folder holding only that stage's file (as for the GPU runs' weights)
+    only = tmp_path / "stage1"
+    only.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", only)
+    one_stage = am.main(args + ["--model-dirs", str(only), "--preset", "lite", "--models", "liver_resnet",
+                                "--out", str(tmp_path / "three")])
+    assert list(one_stage) == ["liver_resnet"]
+    assert one_stage["liver_resnet"]["liver_dice"] == pytest.approx(single["liver_resnet"]["liver_dice"], abs=1e-6)
