@@ -172,10 +172,10 @@ def train(args) -> int:
     t0, step, log = time.time(), 0, []
     net.train()
     while True:
-        progress = (time.time() - t0) / budget
+        progress = step / args.steps if args.steps else (time.time() - t0) / budget
         if progress >= 1:
             break
-        # the trainer's schedule, by time: fixed for 60 %, then linear from half the rate to 0
+        # the trainer's schedule, by time (or steps): fixed for 60 %, then linear from half the rate to 0
         lr = args.lr if progress < 0.6 else args.lr / 2 * (1 - (progress - 0.6) / 0.4)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -232,7 +232,8 @@ def train(args) -> int:
 
 def write_result(args, net, rows, train_cases, step, train_seconds, log, amp):
     """The run's JSON (rewritten after each evaluation row, so a cut-off run keeps what it measured)."""
-    result = {"holdout": args.holdout, "preset": args.preset, "size": args.size or PRESETS[args.preset].base_size, "minutes": args.minutes,
+    result = {"holdout": args.holdout, "preset": args.preset, "size": args.size or PRESETS[args.preset].base_size,
+              "minutes": None if args.steps else args.minutes, "steps_asked": args.steps,
               "train_seconds": round(train_seconds, 1), "steps": step, "slices_seen": step * args.batch,
               "train_cases": train_cases, "lr": args.lr, "batch": args.batch, "repeat_real": args.repeat_real,
               "seed": args.seed, "device": torch.cuda.get_device_name() if amp else "cpu",
@@ -257,6 +258,7 @@ def main(argv=None) -> int:
     t.add_argument("--preset", default="paper", choices=sorted(PRESETS))
     t.add_argument("--size", type=int, default=None, help="training size (default: the preset's base size)")
     t.add_argument("--minutes", type=float, default=3.0)
+    t.add_argument("--steps", type=int, default=None, help="train this many steps instead (the schedule follows them)")
     t.add_argument("--lr", type=float, default=0.01)
     t.add_argument("--batch", type=int, default=10)
     t.add_argument("--repeat-real", type=int, default=6)

@@ -83,3 +83,15 @@ def test_tiny_run_end_to_end(tmp_path):
     net, ckpt = load_checkpoint(str(tmp_path / "stage1.pt"))
     assert ckpt["preset"] == "lite" and ckpt["meta"]["holdout"] == "hcc_0697" and ckpt["meta"]["size"] == 64
     assert ckpt["meta"]["steps"] == res["steps"] and "hcc_0697_manual" not in ckpt["meta"]["trained_on"]
+
+
+def test_a_run_by_steps_stops_at_that_step(tmp_path):
+    image, label = disk_volume()
+    for name, group in (("hcc_0697_manual", "hcc_0697"), ("hcc_2022_manual", "hcc_2022")):
+        np.savez_compressed(tmp_path / f"{name}.npz", image=image, label=label, group=group)
+    out = tmp_path / "result.json"
+    assert gx.main(["train", "--pack", str(tmp_path), "--holdout", "hcc_2022", "--preset", "lite", "--size", "64",
+                    "--steps", "3", "--batch", "2", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["steps"] == 3 and res["steps_asked"] == 3 and res["minutes"] is None
+    assert res["train_cases"] == ["hcc_0697_manual"]
