@@ -7,7 +7,7 @@ runs in two steps:
 
     # here (monai, nibabel, ../shared/real-ct): pack the training data, HU-windowed, as uint8 .npz
     .venv/bin/python scripts/gpu_paper_experiment.py pack --out data-local/gpu-pack
-    # on the GPU machine (torch, numpy, scipy only): train for a wall-clock budget, then evaluate
+    # on the GPU machine (torch, numpy, scipy only): train for a wall-clock budget (or --steps N), then evaluate
     python3 scripts/gpu_paper_experiment.py train --pack data-local/gpu-pack --holdout hcc_0697 \
         --preset paper --minutes 3 --out results.json
 
@@ -16,7 +16,7 @@ BasicTrainTask, MONAI transforms). This loop keeps that recipe's parts (the demo
 scripts/train_demo_weights.py: balanced lesion/liver/none slices, batch 10, SGD 0.01 momentum 0.9,
 weight decay 5e-4, fixed rate then a linear decay from half of it, cross-entropy + Dice, zoom
 0.8-1.2 and flips; the real patient's two phases repeated 6 times beside 14 phantoms) but schedules
-the rate by wall-clock time instead of epochs, and has no validation-based checkpoint choice: the
+the rate by wall-clock time (or a step count) instead of epochs, and has no validation-based checkpoint choice: the
 network after the last step is evaluated. Real CT is packed into data-local/ (git-ignored) and never
 committed.
 """
@@ -252,7 +252,7 @@ def main(argv=None) -> int:
     p.add_argument("--phantoms", default=str(ROOT / "data-local" / "phantom-train" / "lits"))
     p.add_argument("--val-phantoms", type=int, default=2)
     p.add_argument("--phantom-slices", type=int, default=4, help="slices of each kind kept per phantom")
-    t = sub.add_parser("train", help="train for a wall-clock budget, then evaluate (GPU machine)")
+    t = sub.add_parser("train", help="train for a wall-clock budget or a step count, then evaluate (GPU machine)")
     t.add_argument("--pack", default=str(ROOT / "data-local" / "gpu-pack"))
     t.add_argument("--holdout", default="hcc_0697", choices=("hcc_0697", "hcc_2022"))
     t.add_argument("--preset", default="paper", choices=sorted(PRESETS))
