@@ -3,6 +3,9 @@ runs of a stage (an ensemble), and/or in-plane flips of the input (test-time aug
 
     .venv/bin/python scripts/average_models.py --holdout hcc_0697 \\
         --model-dirs apps/liver_cascade/model,data-local/split1-aug [--flips] [--scales 192,208,224,240,256]
+    # stage one alone, another preset (e.g. weights saved by gpu_paper_experiment.py --save):
+    .venv/bin/python scripts/average_models.py --holdout hcc_0697 --preset lite512 --models liver_resnet \
+        --model-dirs <dir with liver_resnet_lite512.pt>[,<another>]
 
 Each stage's network is replaced by the average of the softmax of every member (each model
 directory's file for that stage, and each flip), inside the app's own infer task, so pre- and
