@@ -13,7 +13,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 CONF ?=
 
-.PHONY: serve serve-dicomweb viewer-packages test install sample-data weights weights-lits benchmark benchmark-gpu clean
+.PHONY: serve serve-dicomweb viewer-packages test install sample-data weights weights-lits overlay-real benchmark benchmark-gpu clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,13 @@ weights-lits: install
 	$(PY) sample-data/fetch_msd.py --root data-local/msd --out data-local/msd-datastore
 	$(PY) scripts/train_demo_weights.py --lits data-local/msd-datastore --holdout all --preset $(PRESET) \
 	  --epochs1 40 --epochs2 20 --num-workers $(WORKERS)
+
+# The held-out real patient (split 1) segmented by the shipped weights, reference outlined, as a PNG
+# in data-local/ (git-ignored): ../shared/real-ct may not be copied into the repository, not even as a picture.
+REAL_CT ?= ../shared/real-ct/nifti
+overlay-real: install
+	$(PY) scripts/overlay.py --image $(REAL_CT)/hcc_0697_eqp.nii.gz --ref $(REAL_CT)/hcc_0697_eqp_label.nii.gz \
+	  --model-dir apps/liver_cascade/model --out data-local/overlay_unseen_split1.png --title "unseen patient, split 1:"
 
 benchmark: install
 	$(PY) benchmarks/cpu_benchmark.py --segresnet

@@ -1,6 +1,11 @@
 """Overlay PNG of a segmentation on CT slices (radiological display, HU window from settings).
 
     .venv/bin/python scripts/overlay.py --image CT.nii.gz --pred PRED.nii.gz [--ref REF.nii.gz] --out fig.png
+    .venv/bin/python scripts/overlay.py --image CT.nii.gz --model-dir apps/liver_cascade/model [--ref REF.nii.gz] --out fig.png
+
+With --model-dir instead of --pred, the app's liver_cascade (those weights, one scale) segments the
+image first and the label is written beside the PNG (fig.nii.gz); `make overlay-real` draws the
+held-out real patient this way, into data-local/ (real CT may not be committed, not even as a picture).
 
 Shows the axial slices with the most liver (and the most lesion); prediction
 filled (liver red, lesion yellow), reference as white/cyan contours.
@@ -25,7 +30,9 @@ def canonical(path):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--image", required=True)
-    ap.add_argument("--pred", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pred", help="a label file to draw")
+    src.add_argument("--model-dir", help="segment the image with the app's liver_cascade and these weights")
     ap.add_argument("--ref")
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default="")
@@ -35,6 +42,11 @@ def main(argv=None):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if args.model_dir:
+        from lib.evaluation.predict import make_task, predict_file
+
+        args.pred = str(Path(args.out).with_suffix(".nii.gz"))
+        predict_file(make_task("liver_cascade", args.model_dir), args.image, args.pred)
     img, pred = canonical(args.image), np.rint(canonical(args.pred)).astype(np.uint8)
     ref = np.rint(canonical(args.ref)).astype(np.uint8) if args.ref else None
     src = ref if ref is not None else pred

@@ -122,6 +122,8 @@ def main(argv=None):
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--dice-weight", type=float, default=1.0)
+    ap.add_argument("--dice-batch", action="store_true",
+                    help="the Dice term over the whole batch, not per slice (the dice_batch option)")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--models", default="liver_resnet,liver_cascade",
                     help="which stages to train (liver_cascade alone: on the stage one already in --model-dir)")
@@ -160,7 +162,7 @@ def main(argv=None):
               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
               "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box),
               "swa_from": ("swa", args.swa_from), "hu_shift": ("hu", args.hu_shift),
-              "contrast_scale": ("cs", args.contrast_scale)}
+              "contrast_scale": ("cs", args.contrast_scale), "dice_batch": ("db", 1 if args.dice_batch else None)}
     options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms),
                "val_other_phase": ("valreal", 1 if args.val_other_phase else None)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)

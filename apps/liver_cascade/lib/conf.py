@@ -16,7 +16,8 @@ from lib.settings import DEFAULT_PRESET, PRESETS, model_filename
 logger = logging.getLogger(__name__)
 
 
-def _bool(value) -> bool:
+def as_bool(value) -> bool:
+    """A request or --conf value read as a switch: 1, true, yes or on (any case) is True."""
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
@@ -82,9 +83,9 @@ class AppConf:
             preset=preset,
             scales=parse_scales(conf.get("scales"), preset),
             batch_size=int(conf.get("batch_size", 16 if device == "cpu" else 32)),
-            stage2_roi=_bool(conf.get("stage2_roi", "true")),
-            crf=_bool(conf.get("crf", "false")),
-            auto_train_on_save=_bool(conf.get("auto_train_on_save", "false")),
+            stage2_roi=as_bool(conf.get("stage2_roi", "true")),
+            crf=as_bool(conf.get("crf", "false")),
+            auto_train_on_save=as_bool(conf.get("auto_train_on_save", "false")),
             auto_train_after=int(conf.get("auto_train_after", "1")),
             auto_train_epochs=int(conf.get("auto_train_epochs", "20")),
             pretrained_path=conf.get("pretrained_path") or None,
@@ -92,6 +93,6 @@ class AppConf:
             tracking=conf.get("tracking", "none"),
             max_voxels=int(float(conf.get("max_voxels", 512 * 512 * 1000))),
             max_upload_mb=float(conf.get("max_upload_mb", 1024)),
-            external_symlinks=_bool(conf.get("external_symlinks", "false")),
+            external_symlinks=as_bool(conf.get("external_symlinks", "false")),
             max_parallel_infers=max(1, int(conf.get("max_parallel_infers", "1"))),
         )

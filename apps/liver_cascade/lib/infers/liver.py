@@ -27,7 +27,7 @@ from monai.transforms import (
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.conf import AppConf, parse_scales
+from lib.conf import AppConf, as_bool, parse_scales
 from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
@@ -51,10 +51,6 @@ class InvalidRequestError(ValueError):
     """A request parameter is wrong (answered with HTTP 400)."""
 
 
-def _truthy(v) -> bool:
-    return str(v).strip().lower() in ("1", "true", "yes", "on")
-
-
 class LoadCTd(LoadImaged):
     """MONAI's LoadImaged; a file no reader can decode is the caller's error (HTTP 400), not the server's."""
 
@@ -73,7 +69,7 @@ class CheckCTd:
         if img.is_floating_point() and not bool(torch.isfinite(img).all()):
             bad = int((~torch.isfinite(img)).sum())
             raise InputError(f"the image has {bad} NaN or infinite voxel(s); fix or resample it before segmenting")
-        if not _truthy(data.get("allow_non_ct", False)):
+        if not as_bool(data.get("allow_non_ct", False)):
             step = max(1, img.numel() // 2_000_000)  # a sample is enough for a percentile
             low = float(torch.quantile(img.reshape(-1)[::step].float(), 0.005))
             if low > CT_LOW_HU:
@@ -174,10 +170,10 @@ class LiverSegmentation(BasicInferTask):
     def post_transforms(self, data=None) -> Sequence[Callable]:
         # the CRF and argmax ran at the end of run_inferer (so the class maps are freed early)
         t: List[Callable] = []
-        if data is None or _truthy(data.get("largest_component", True)):
+        if data is None or as_bool(data.get("largest_component", True)):
             # not in the paper: the liver is one organ, so keep the largest 3D component of liver+lesion
             t.append(KeepLargestLiverd(keys="pred"))
-        if data is None or _truthy(data.get("fill_holes", True)):
+        if data is None or as_bool(data.get("fill_holes", True)):
             t.append(FillHolesPerSliced(keys="pred"))
         t.append(EnforceClicksd())
         t.append(LesionReportd(self.conf.min_lesion_ml, enabled=self.cascade))
@@ -238,7 +234,7 @@ class LiverSegmentation(BasicInferTask):
             has_liver = (liver_map > 0.5).flatten(0, 1).any(0)
             for p in fg + bg:
                 has_liver[p[2]] = True
-            if _truthy(data.get("stage2_roi", self.conf.stage2_roi)):
+            if as_bool(data.get("stage2_roi", self.conf.stage2_roi)):
                 # slices with liver, plus one slice of margin on both sides
                 keep = has_liver.clone()
                 keep[1:] |= has_liver[:-1]
@@ -270,9 +266,9 @@ class LiverSegmentation(BasicInferTask):
         data["lesion_prob"] = probs[2].cpu().clone()  # a copy, so the 3-class map can be freed after argmax
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
-        if _truthy(data.get("crf", self.conf.crf)):
+        if as_bool(data.get("crf", self.conf.crf)):
             pred = DenseCRFd(keys="pred")({"pred": pred, "image": image})["pred"]
-        if _truthy(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
+        if as_bool(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
             data["probs"] = pred
         # probabilities -> LiTS labels here, not in post: the 3-class map is freed before post-processing
         data["pred"] = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]

@@ -41,7 +41,7 @@ from monai.transforms import (
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from lib.conf import AppConf
+from lib.conf import AppConf, as_bool
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
@@ -67,6 +67,7 @@ RECIPE = {
     "none_ratio": 1.0,
     "liver_ratio": 0.0,
     "dice_weight": 0.0,  # 0: per-pixel cross-entropy only (the paper)
+    "dice_batch": False,  # Dice over the whole batch (MONAI's DiceLoss batch=True) instead of per slice
     "lesion_weight": 1.0,  # cross-entropy weight of the lesion class (1: unweighted, the paper)
     "zoom": "0.8,1.2",
     "flip_prob": 0.5,
@@ -94,10 +95,10 @@ class ClassWeightedDiceCELoss(torch.nn.Module):
     (MONAI's DiceCELoss shares one weight vector between its Dice, which drops the
     background channel, and its cross-entropy, which keeps it.)"""
 
-    def __init__(self, dice_weight: float, class_weights: List[float]):
+    def __init__(self, dice_weight: float, class_weights: List[float], batch: bool = False):
         super().__init__()
         self.dice_weight = dice_weight
-        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False)
+        self.dice = DiceLoss(to_onehot_y=True, softmax=True, include_background=False, batch=batch)
         self.register_buffer("class_weights", torch.tensor(class_weights, dtype=torch.float32))
 
     def forward(self, logits, target):
@@ -207,9 +208,13 @@ class LiverSliceTrainer(BasicTrainTask):
     def loss_function(self, context: Context):
         w = float(context.request.get("dice_weight", 0.0))
         lesion = float(context.request.get("lesion_weight", 1.0))
+        # per slice (MONAI's default), a slice without lesion scores lesion Dice ~0 whatever the network
+        # does; over the batch, the lesion pixels of the whole batch count together (docs/RESULTS.md)
+        batch = as_bool(context.request.get("dice_batch", False))
         if lesion == 1.0:
-            return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=w, lambda_ce=1.0, include_background=False)
-        return ClassWeightedDiceCELoss(w, [1.0, 1.0, lesion])
+            return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=w, lambda_ce=1.0, include_background=False,
+                              batch=batch)
+        return ClassWeightedDiceCELoss(w, [1.0, 1.0, lesion], batch=batch)
 
     def _load_checkpoint(self, context, train_handlers):
         return  # initialisation happens in network(): our own checkpoint format
@@ -296,7 +301,7 @@ class LiverSliceTrainer(BasicTrainTask):
         return SliceVolumeInferer(self.app_conf.scales[:1], self.app_conf.batch_size, self.uses_liver_box(context))
 
     def uses_liver_box(self, context: Context) -> bool:
-        return self.in_channels == 3 and str(context.request.get("liver_box", False)).lower() in ("1", "true", "yes")
+        return self.in_channels == 3 and as_bool(context.request.get("liver_box", False))
 
     def train_key_metric(self, context: Context):
         return {"train_dice": lits_dice(from_engine(["pred", "label"]))}
