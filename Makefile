@@ -58,7 +58,9 @@ clean:
 # Rebuild the demo weights (needs ../shared/real-ct; about 40 min on 2 CPU cores). See docs/RESULTS.md.
 weights: install
 	$(PY) sample-data/make_sample_data.py --out data-local/phantom-train --train-set 16 --seed 100
-	$(PY) scripts/train_demo_weights.py --holdout hcc_0697 --other-phase --epochs1 30 --epochs2 20
+	$(PY) scripts/train_demo_weights.py --holdout hcc_0697 --other-phase --models liver_resnet --epochs1 30 --dice-batch
+	$(PY) scripts/train_demo_weights.py --holdout hcc_0697 --other-phase --models liver_cascade --epochs2 20 \
+	  --dice-batch --liver-box --lesion-weight 5 --lesion-ratio 2
 
 # The LiTS training set (MSD Task03, 131 labelled CTs; downloads many GB: needs internet, and a GPU
 # for PRESET=paper) plus the phantoms; validated on 5 LiTS cases, tested on both real patients of

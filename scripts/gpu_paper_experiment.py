@@ -1,6 +1,6 @@
 """GPU experiment: does the paper-size network at 512 px close the gap on an unseen real patient?
 
-The shipped `lite` weights reach 82.8 % / 89.7 % liver Dice on the held-out real patient (split 1 /
+The `lite` weights shipped at the time reached 82.8 % / 89.7 % liver Dice on the held-out real patient (split 1 /
 split 2, docs/RESULTS.md). This asks whether the paper's ResNet-38 at 512 px, trained on a GPU with
 the same data, does better. The GPU machine has PyTorch but not monai/monailabel, so the experiment
 runs in two steps:

@@ -122,6 +122,10 @@ def main(argv=None):
     ap.add_argument("--results", default=str(ROOT / "docs" / "results"))
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--dice-weight", type=float, default=1.0)
+    ap.add_argument("--lesion-weight", type=float, default=None,
+                    help="cross-entropy weight of the lesion class (the lesion_weight option; trainer default if unset)")
+    ap.add_argument("--lesion-ratio", type=float, default=None,
+                    help="lesion slices drawn per liver-only or empty slice (the lesion_ratio option)")
     ap.add_argument("--dice-batch", action="store_true",
                     help="the Dice term over the whole batch, not per slice (the dice_batch option)")
     ap.add_argument("--skip-train", action="store_true")
@@ -162,7 +166,8 @@ def main(argv=None):
               "elastic": ("elastic", args.elastic), "samples_per_volume": ("spv", args.slices_per_volume),
               "val_interval": ("vi", args.val_interval), "liver_box": ("box", args.liver_box),
               "swa_from": ("swa", args.swa_from), "hu_shift": ("hu", args.hu_shift),
-              "contrast_scale": ("cs", args.contrast_scale), "dice_batch": ("db", 1 if args.dice_batch else None)}
+              "contrast_scale": ("cs", args.contrast_scale), "dice_batch": ("db", 1 if args.dice_batch else None),
+              "lesion_weight": ("lw", args.lesion_weight), "lesion_ratio": ("lesr", args.lesion_ratio)}
     options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms),
                "val_other_phase": ("valreal", 1 if args.val_other_phase else None)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)

@@ -86,17 +86,20 @@ def test_lits_path_end_to_end(tmp_path, capfd):
     model_dir, results = tmp_path / "model", tmp_path / "results"
     assert tdw.main(["--lits", str(store), "--lits-val", "1", "--holdout", "all", "--phantoms", str(tmp_path / "none"),
                      "--real-dir", str(real), "--num-workers", "2", "--epochs1", "1", "--epochs2", "1", "--model-dir", str(model_dir),
-                     "--work", str(tmp_path / "work"), "--results", str(results)]) == 0
+                     "--work", str(tmp_path / "work"), "--results", str(results),
+                     "--dice-batch", "--lesion-weight", "3", "--lesion-ratio", "2"]) == 0
     log = capfd.readouterr()
     assert "liver_resnet: 2 training volumes" in log.err + log.out and "2 loader worker(s)" in log.err + log.out
-    out = json.loads((results / "demo_unseen_both_lits.json").read_text())
+    # the recipe options reach the trainer's request and name the run
+    assert "'dice_batch': 1" in log.err + log.out and "'lesion_weight': 3.0" in log.err + log.out
+    out = json.loads((results / "demo_unseen_both_lits_db1_lw3_lesr2.json").read_text())
     assert out["holdout"] == "all" and out["lits"] == {"cases": 3, "validate": 1}
     assert sorted(out["rows"]) == sorted(tdw.REAL)
     for rows in out["rows"].values():
         assert set(rows) == {"liver_resnet", "liver_cascade"}
         assert all(0.0 <= r["liver_dice"] <= 1.0 for r in rows.values())
-    train = json.loads((tmp_path / "work" / "holdout_all" / "lits" / "train.json").read_text())
-    val = json.loads((tmp_path / "work" / "holdout_all" / "lits" / "val.json").read_text())
+    train = json.loads((tmp_path / "work" / "holdout_all" / "lits_db1_lw3_lesr2" / "train.json").read_text())
+    val = json.loads((tmp_path / "work" / "holdout_all" / "lits_db1_lw3_lesr2" / "val.json").read_text())
     assert _names(val) == ["liver_000.nii.gz"] and _names(train) == ["liver_001.nii.gz", "liver_002.nii.gz"]
     assert {p.name for p in model_dir.glob("*.pt")} == {"liver_resnet_lite.pt", "liver_cascade_lite.pt"}
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
