@@ -208,8 +208,9 @@ class LiverSliceTrainer(BasicTrainTask):
     def loss_function(self, context: Context):
         w = float(context.request.get("dice_weight", 0.0))
         lesion = float(context.request.get("lesion_weight", 1.0))
-        # per slice (MONAI's default), a slice without lesion scores lesion Dice ~0 whatever the network
-        # does; over the batch, the lesion pixels of the whole batch count together (docs/RESULTS.md)
+        # per slice (MONAI's default), a slice without lesion costs ~1 of lesion Dice loss unless its lesion
+        # probabilities sum to under the 1e-5 smoothing; over the batch, the batch's lesion pixels count
+        # together (docs/RESULTS.md)
         batch = as_bool(context.request.get("dice_batch", False))
         if lesion == 1.0:
             return DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=w, lambda_ce=1.0, include_background=False,
