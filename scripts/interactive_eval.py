@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "liver_cas
 from lib.evaluation.metrics import dice  # noqa: E402
 from lib.evaluation.predict import load_label, make_task, predict_file  # noqa: E402
 from lib.settings import LABELS  # noqa: E402
+from lib.transforms.interaction import BACKGROUND_CLICK_MODES  # noqa: E402
 
 LES = LABELS["lesion"]
 
@@ -51,6 +52,8 @@ def main(argv=None):
     ap.add_argument("--image", action="append", required=True)
     ap.add_argument("--label", action="append", required=True)
     ap.add_argument("--clicks", default="1,3,5")
+    ap.add_argument("--background-click", default=None, choices=BACKGROUND_CLICK_MODES,
+                    help="what a background click removes (the app's default: the first)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.clicks.split(",")]
@@ -78,7 +81,8 @@ def main(argv=None):
             c = next_click(pred, ref)
             if c is not None:
                 clicks[c[0]].append(list(c[1]))
-                predict_file(task, img_path, str(out), {"label": str(liver_file), **clicks})
+                mode = {"background_click": args.background_click} if args.background_click else {}
+                predict_file(task, img_path, str(out), {"label": str(liver_file), **clicks, **mode})
                 pred = load_label(str(out))
             if n in counts:
                 row[f"lesion_dice_{n}_clicks"] = dice(pred == LES, ref == LES)
@@ -88,7 +92,8 @@ def main(argv=None):
     keys = [k for k in rows[0] if k.startswith("lesion_dice")]
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"rows": rows, "mean": summary}, indent=2))
+    Path(args.out).write_text(json.dumps({"background_click": args.background_click or BACKGROUND_CLICK_MODES[0],
+                                          "rows": rows, "mean": summary}, indent=2))
     print("| cases | automatic | corrected liver | " + " | ".join(f"+{n} clicks" for n in counts) + " |")
     print("|---" * (3 + len(counts)) + "|")
     print(f"| {len(rows)} | " + " | ".join(f"{100 * summary[k]:.2f}" for k in keys) + " |")

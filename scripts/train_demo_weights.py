@@ -130,7 +130,8 @@ def main(argv=None):
                     help="the Dice term over the whole batch, not per slice (the dice_batch option)")
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--models", default="liver_resnet,liver_cascade",
-                    help="which stages to train (liver_cascade alone: on the stage one already in --model-dir)")
+                    help="which stages to train (liver_cascade alone: on the stage one already in --model-dir; "
+                         "vgg_fcn: the ablation's baseline, trained like stage one)")
     ap.add_argument("--other-phase", action="store_true",
                     help="also train on the training patient's other contrast phase (labels from transfer_labels.py)")
     ap.add_argument("--transfer-dir", default=str(ROOT / "data-local" / "transfer"))
@@ -160,6 +161,7 @@ def main(argv=None):
         ap.error("--holdout all trains on no real patient, so there is no other phase to use")
 
     models = args.models.split(",")
+    args.model_dir = str(Path(args.model_dir).resolve())  # the trainer runs in the app's folder
     # train request keys set on the command line (None: the trainer's default), plus the datalist's
     # phantom count; all named in the output paths
     recipe = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
@@ -199,7 +201,8 @@ def main(argv=None):
     common = [arg for key, v in request.items() for arg in (f"--{key}", str(v))]
     timings = {}
     if not args.skip_train:
-        for model, epochs in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
+        # vgg_fcn (the paper's baseline, only when named in --models) trains like stage one
+        for model, epochs in (("vgg_fcn", args.epochs1), ("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
             if model not in models:
                 continue
             t0 = time.time()
@@ -215,7 +218,8 @@ def main(argv=None):
 
     results = {"holdout": args.holdout, "preset": args.preset, "other_phase": args.other_phase, "finetune": args.finetune,
                "lits": {"cases": len(lits), "validate": args.lits_val} if args.lits else None,
-               "epochs": {m: e for m, e in (("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2))
+               "epochs": {m: e for m, e in (("vgg_fcn", args.epochs1), ("liver_resnet", args.epochs1),
+                                            ("liver_cascade", args.epochs2))
                           if m in models}, **{k: v for k, (_, v) in options.items()},
                "train_seconds": timings, "rows": {}}
     for patient in (sorted(REAL) if args.holdout == "all" else [args.holdout]):
@@ -224,7 +228,7 @@ def main(argv=None):
             print(f"{patient}: not in {args.real_dir}, not evaluated", flush=True)
             continue
         rows = {}
-        for model in ("liver_resnet", "liver_cascade"):
+        for model in (["vgg_fcn"] if "vgg_fcn" in models else []) + ["liver_resnet", "liver_cascade"]:
             task = make_task(model, args.model_dir, {"preset": args.preset})
             if not all(os.path.exists(p) for p in task.stage_paths):  # e.g. only stage one was trained
                 print(f"{model}: no weights in {args.model_dir}, not evaluated", flush=True)

@@ -140,3 +140,5 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     out2 = np.asarray(nib.load(str(tmp_path / "o2.nii.gz")).dataobj)
     assert out2[tuple(fg)] == 1
     assert infer(server, "liver_cascade", "lps_odd", {"foreground": "not points"}).status_code == 400
+    bad_mode = infer(server, "liver_cascade", "lps_odd", {"background": [fg], "background_click": "everything"})
+    assert bad_mode.status_code == 400 and "background_click" in bad_mode.text

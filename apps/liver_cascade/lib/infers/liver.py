@@ -32,8 +32,8 @@ from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
 from lib.validation import InputError
-from lib.transforms.inference import class_probs, predict_slices
-from lib.transforms.interaction import encode_clicks, enforce_clicks, to_oriented_index
+from lib.transforms.inference import predict_slices, within_liver
+from lib.transforms.interaction import BACKGROUND_CLICK_MODES, encode_clicks, enforce_clicks, to_oriented_index
 from lib.transforms.transforms import (
     DenseCRFd,
     FillHolesPerSliced,
@@ -82,7 +82,8 @@ class CheckCTd:
 
 
 class KeepHUd:
-    """Keep the HU image (after orientation, int16) for the lesion report; no copy when it is int16."""
+    """Keep the HU image (after orientation, int16) for the lesion report and background clicks; no copy
+    when it is int16."""
 
     def __call__(self, data):
         d = dict(data)
@@ -119,6 +120,8 @@ class LiverSegmentation(BasicInferTask):
                 "fill_holes": True,
                 "largest_component": True,
                 "stage2_roi": conf.stage2_roi,
+                # a list: Slicer offers it as a choice, the first is the default
+                **({"background_click": list(BACKGROUND_CLICK_MODES)} if cascade else {}),
             },
         )
         self.label_colors = {k: list(v) for k, v in LABEL_COLORS.items()}
@@ -220,18 +223,27 @@ class LiverSegmentation(BasicInferTask):
             if torch.is_tensor(data.get("label")):
                 corrected = (data["label"][0] > 0).to(torch.float16).to(liver_map.device)
             fg, bg = self._clicks(data, image, (h, w, n))
+            mode = data.get("background_click") or BACKGROUND_CLICK_MODES[0]
+            mode = str(mode[0] if isinstance(mode, (list, tuple)) else mode)  # the config's list: its default
+            if mode not in BACKGROUND_CLICK_MODES:
+                raise InvalidRequestError(f"background_click must be one of {BACKGROUND_CLICK_MODES}, got {mode!r}")
             if fg or bg:
                 spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
                 lesion_map = encode_clicks(lesion_map.cpu().float(), fg, bg, spacing).half()
-                data["clicks"] = {"foreground": fg, "background": bg, "spacing": spacing.tolist()}
+                data["clicks"] = {"foreground": fg, "background": bg, "spacing": spacing.tolist(), "mode": mode}
+            # where stage two looks: stage one's liver, and the annotator's where given
+            region = liver_map
             if corrected is not None:
                 if tuple(corrected.shape) != (h, w, n):
                     raise InvalidRequestError(
                         f"the corrected label has shape {tuple(corrected.shape)}, the image {(h, w, n)}"
                     )
-                liver_map = corrected
+                # stage two still reads stage one's liver map: fed the binary corrected mask instead,
+                # it finds fewer lesions (docs/RESULTS.md, "Interactive cascade"); the corrected
+                # liver bounds the result below
+                region = torch.maximum(liver_map, corrected)
                 data["corrected_liver"] = corrected.cpu() > 0.5
-            has_liver = (liver_map > 0.5).flatten(0, 1).any(0)
+            has_liver = (region > 0.5).flatten(0, 1).any(0)
             for p in fg + bg:
                 has_liver[p[2]] = True
             if as_bool(data.get("stage2_roi", self.conf.stage2_roi)):
@@ -243,7 +255,9 @@ class LiverSegmentation(BasicInferTask):
             else:
                 idx = list(range(n))
             liver_dev, lesion_dev = liver_map.to(device), lesion_map.to(device)
-            # a cascade trained on the liver's box runs on it (the checkpoint says how it was trained)
+            # a cascade trained on stage one's liver box runs on it (the checkpoint says how it was
+            # trained); not on the corrected liver's box: a wider box shrinks the liver in the input
+            # and stage two finds fewer lesions (measured, RESULTS.md "Interactive cascade")
             box = liver_box(liver_map, fg + bg) if info2["meta"].get("liver_box", False) else None
             timings["stage2_box"] = list(box) if box else None  # x0, x1, y0, y1 of the RAS-oriented slice
 
@@ -259,10 +273,8 @@ class LiverSegmentation(BasicInferTask):
             timings["stage2"] = round(time.time() - t0, 3)
             timings["stage2_slices"] = len(idx)
             if corrected is not None:
-                # keep the annotator's liver as is; stage two decides lesion vs liver inside it
-                inside = corrected.to(probs.device) > 0.5
-                lesion = probs[2].float() * inside
-                probs = class_probs(inside, lesion).to(torch.float16)
+                # keep the annotator's liver as is; inside it, stage two decides lesion vs liver
+                probs = within_liver(probs, corrected.to(probs.device)).to(torch.float16)
         data["lesion_prob"] = probs[2].cpu().clone()  # a copy, so the 3-class map can be freed after argmax
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
@@ -333,7 +345,9 @@ class EnforceClicksd:
         fixed = np.asarray(pred[0].cpu(), dtype=np.uint8)
         if clicks:
             prob = d["lesion_prob"].float().numpy()
-            fixed = enforce_clicks(fixed, prob, clicks["foreground"], clicks["background"], clicks["spacing"])
+            hu = d.get("image_hu")
+            fixed = enforce_clicks(fixed, prob, clicks["foreground"], clicks["background"], clicks["spacing"],
+                                   None if hu is None else hu.numpy(), clicks["mode"])
         if liver is not None:  # the annotator's liver is kept exactly as drawn
             liver = liver.numpy()
             fixed = np.where(liver, np.maximum(fixed, LABELS["liver"]), 0).astype(np.uint8)

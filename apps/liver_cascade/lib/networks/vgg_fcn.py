@@ -36,6 +36,10 @@ class VGGFCN(nn.Module):
             nn.Conv2d(preset.fc, preset.fc, 1), nn.ReLU(inplace=True), nn.Dropout2d(0.5),
             nn.Conv2d(preset.fc, num_classes, 1),
         )
+        for m in self.modules():  # as torchvision's VGG: without it, from scratch it never leaves background
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
         self.score_pool3 = nn.Conv2d(preset.widths[2], num_classes, 1)
         self.score_pool4 = nn.Conv2d(preset.widths[3], num_classes, 1)
         for m in (self.score_pool3, self.score_pool4):

@@ -78,7 +78,9 @@ RECIPE = {
     "deform_prob": 0.5,  # probability of the rotation/elastic deformation per slice
     "val_split": 0.2,
     "val_interval": 1,  # validate (and maybe publish) every N epochs
-    "corrected_liver_prob": 0.3,  # cascade only: simulated annotator livers
+    # cascade only: simulated annotator livers in the liver-map channel. The shipped cascade was trained
+    # so; inference no longer feeds a corrected liver to stage two (it bounds the result instead)
+    "corrected_liver_prob": 0.3,
     "click_prob": 0.3,  # cascade only: simulated lesion clicks
     "liver_box": False,  # cascade only: train (and so run) stage two on the liver's box; off: whole slice (the paper)
     "swa_from": 0.0,  # >0: publish the average of the weights after each epoch past this fraction of max_epochs

@@ -22,6 +22,15 @@ def class_probs(liver: Tensor, lesion: Tensor) -> Tensor:
     return torch.stack([1 - liver, liver - lesion, lesion]).clamp(0, 1)
 
 
+def within_liver(probs: Tensor, liver: Tensor) -> Tensor:
+    """(background, liver, lesion) probabilities when the liver is known (an annotator's mask):
+    outside it background, inside it P(lesion | liver or lesion) = p(lesion) / (p(liver) + p(lesion)),
+    so that a voxel of the mask is lesion where p(lesion) > p(liver)."""
+    inside = liver > 0.5
+    p1, p2 = probs[1].float(), probs[2].float()
+    return class_probs(inside, p2 / (p1 + p2).clamp_min(1e-6) * inside)
+
+
 def scaled_size(shape, scale: int):
     """(h, w) resized so that max(h, w) == scale, aspect ratio kept."""
     h, w = shape

@@ -1,14 +1,16 @@
 """The cascade as an interactive tool: clicks and a corrected liver.
 
 Stage two reads (image, lesion map, liver map). An annotator's corrected liver
-replaces the liver map; lesion clicks are written into the lesion map (a disk
-of 1 around a foreground click, the clicked stage-one component set to 0 for a
-background click). The cascade trainer simulates both, so stage two learns to
-trust them; after stage two the clicks are also enforced on the label: a
-background click removes the lesion it hits, a foreground click that stage
-two still leaves empty adds the connected region of lesion probability around
-it (or a small disk if there is none). Background clicks are applied last, so
-they win where both hit the same lesion.
+bounds the result (stage two still reads stage one's liver map: fed the binary
+mask it finds fewer lesions, docs/RESULTS.md); lesion clicks are written into
+the lesion map (a disk of 1 around a foreground click, the clicked stage-one
+component set to 0 for a background click). The cascade trainer simulates the
+clicks, so stage two learns to trust them; after stage two they are also
+enforced on the label: a background click removes the clicked tissue within the
+lesion it hits (or, on request, that whole lesion), a foreground click that
+stage two still leaves empty adds the connected region of lesion probability
+around it (or a small disk if there is none). Background clicks are applied
+last, so they win where both hit the same place.
 """
 
 from typing import List, Sequence
@@ -22,6 +24,11 @@ from scipy import ndimage
 from lib.settings import LABELS
 
 CLICK_RADIUS_MM = 4.0
+# background clicks (enforce_clicks): "tissue" removes the clicked tissue within the lesion, "island" all of it
+BACKGROUND_CLICK_MODES = ("tissue", "island")
+BACKGROUND_HU_TOLERANCE = 20.0  # HU, after smoothing
+BACKGROUND_SMOOTH_MM = 1.0
+MIN_PIECE_ML = 0.05  # what a background click leaves of a lesion in smaller pieces goes too
 
 
 def to_oriented_index(points: Sequence[Sequence[float]], original_affine, current_affine, shape) -> List[tuple]:
@@ -61,8 +68,15 @@ def encode_clicks(lesion_map: torch.Tensor, fg, bg, spacing) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing) -> np.ndarray:
-    """Make the final (X, Y, Z) label honour the clicks without touching other lesions."""
+def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing, hu=None,
+                   background: str = "tissue") -> np.ndarray:
+    """Make the final (X, Y, Z) label honour the clicks without touching other lesions.
+
+    A background click removes, with ``background="tissue"`` and the image's HU, the clicked tissue
+    within the lesion it hits (:func:`background_region`); with ``"island"`` or without the image,
+    that whole 26-connected lesion."""
+    if background not in BACKGROUND_CLICK_MODES:
+        raise ValueError(f"background_click must be one of {BACKGROUND_CLICK_MODES}, got {background!r}")
     out = label.copy()
     lesion, liver = LABELS["lesion"], LABELS["liver"]
     s26 = np.ones((3, 3, 3))
@@ -81,7 +95,35 @@ def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing) 
     for p in bg:
         if out[p] == lesion:
             comps, _ = ndimage.label(out == lesion, structure=s26)
-            out[comps == comps[p]] = liver
+            island = comps == comps[p]
+            if background == "tissue" and hu is not None:
+                island = background_region(island, p, spacing, hu)
+            out[island] = liver
+    return out
+
+
+def background_region(island: np.ndarray, p, spacing, hu: np.ndarray) -> np.ndarray:
+    """The part of a lesion ``island`` that a background click at ``p`` removes: the voxels connected
+    to ``p`` whose HU (smoothed over BACKGROUND_SMOOTH_MM) is within BACKGROUND_HU_TOLERANCE of the
+    clicked tissue's, plus what that leaves of the island in pieces under MIN_PIECE_ML. A false lesion
+    drawn over liver tissue goes; a true lesion of another density that it touches stays."""
+    idx = np.nonzero(island)
+    box = tuple(slice(max(0, int(i.min()) - 2), int(i.max()) + 3) for i in idx)
+    q = tuple(int(p[a]) - box[a].start for a in range(3))
+    inside = island[box]
+    sigma = BACKGROUND_SMOOTH_MM / np.asarray(spacing[:3], dtype=float)
+    smooth = ndimage.gaussian_filter(np.asarray(hu[box], dtype=np.float32), sigma)
+    near = tuple(slice(max(0, v - 1), v + 2) for v in q)
+    tissue = float(np.median(smooth[near][inside[near]]))  # the clicked tissue, robust to one noisy voxel
+    s26 = np.ones((3, 3, 3))
+    comps, _ = ndimage.label(inside & (np.abs(smooth - tissue) <= BACKGROUND_HU_TOLERANCE), structure=s26)
+    region = comps == comps[q] if comps[q] else np.zeros_like(inside)
+    region[q] = True
+    rest, _ = ndimage.label(inside & ~region, structure=s26)
+    ml = np.bincount(rest.ravel()) * float(np.prod(spacing[:3])) / 1000.0
+    region |= (rest > 0) & (ml[rest] < MIN_PIECE_ML)
+    out = np.zeros_like(island)
+    out[box] = region
     return out
 
 
