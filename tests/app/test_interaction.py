@@ -70,15 +70,16 @@ def test_foreground_click_adds_a_lesion_where_there_was_none():
     assert (out == LESION).sum() == ball(shape, (16, 16, 4), 4).sum()  # the connected region of probability
 
 
-def test_within_liver_lesion_where_lesion_beats_liver_inside_the_mask_only():
-    probs = torch.tensor([[0.5, 0.2, 0.6, 0.1],  # background
-                          [0.2, 0.5, 0.1, 0.1],  # liver
-                          [0.3, 0.3, 0.3, 0.8]])  # lesion
-    liver = torch.tensor([1.0, 1.0, 1.0, 0.0])
+def test_within_liver_keeps_the_networks_lesion_decision_inside_the_mask_only():
+    probs = torch.tensor([[0.5, 0.2, 0.6, 0.1, 0.2],  # background
+                          [0.2, 0.5, 0.1, 0.1, 0.3],  # liver
+                          [0.3, 0.3, 0.3, 0.8, 0.5]])  # lesion
+    liver = torch.tensor([1.0, 1.0, 1.0, 0.0, 1.0])
     out = within_liver(probs, liver)
-    assert out.argmax(0).tolist() == [LESION, LIVER, LESION, 0]
-    assert torch.allclose(out.sum(0), torch.ones(4))
-    assert torch.allclose(out[2, :3], torch.tensor([0.3 / 0.5, 0.3 / 0.8, 0.3 / 0.4]))
+    # lesion only where lesion beat both other classes, and never outside the mask
+    assert out.argmax(0).tolist() == [LIVER, LIVER, LIVER, 0, LESION]
+    assert torch.allclose(out.sum(0), torch.ones(5))
+    assert torch.allclose(out[2, [0, 4]], torch.tensor([0.3 / 0.8, 0.5 / 0.8]))
 
 
 def test_island_mode_removes_the_whole_lesion_and_bad_modes_are_refused():

@@ -103,6 +103,7 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert infer(server, "liver_cascade", "no_such_image").status_code == 404
     assert infer(server, "no_such_model", "lps_odd").status_code == 404
     assert infer(server, "liver_cascade", "lps_odd", {"scales": "abc"}).status_code == 400
+    assert infer(server, "liver_cascade", "lps_odd", {"min_lesion_ml": "abc"}).status_code == 400
     assert infer(server, "liver_cascade", "broken").status_code == 400
     missing = infer(server, "vgg_fcn", "lps_odd")  # no weights for this one
     assert missing.status_code == 503

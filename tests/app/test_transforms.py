@@ -139,3 +139,19 @@ def test_crop_to_liver_box_crops_image_maps_and_label_together():
     assert int(out["label"].sum()) == int(label.sum())  # the whole liver is inside
     empty = {"image": torch.zeros(3, 20, 20, 2), "label": torch.zeros(1, 20, 20, 2)}
     assert CropToLiverBoxd(keys=("image", "label"))(empty)["image"].shape == (3, 20, 20, 2)  # no liver: whole
+
+
+def test_drop_small_lesions_relabels_them_liver_by_volume_in_ml():
+    from monai.data import MetaTensor
+
+    from lib.transforms.transforms import DropSmallLesionsd
+
+    lab = np.ones((20, 20, 10), np.uint8)
+    lab[2:4, 2:4, 2:4] = 2  # 8 voxels of 2x2x2.5 mm = 0.08 mL
+    lab[10:16, 10:16, 3:7] = 2  # 144 voxels = 1.44 mL
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    d = {"pred": MetaTensor(torch.from_numpy(lab)[None], affine=torch.from_numpy(affine))}
+    out = np.asarray(DropSmallLesionsd("pred", min_ml=0.1)(d)["pred"][0])
+    assert (out == 2).sum() == 144 and out[3, 3, 3] == 1 and (out > 0).all()
+    keep = np.asarray(DropSmallLesionsd("pred", min_ml=0.1)({**d, "min_lesion_ml": 0.05})["pred"][0])
+    assert (keep == 2).sum() == 152  # the request's min_lesion_ml wins

@@ -66,7 +66,7 @@ class AppConf:
     auto_train_after: int  # new final labels that trigger a training run
     auto_train_epochs: int  # max_epochs of such a run
     pretrained_path: Optional[str]  # local file with initial weights for training
-    min_lesion_ml: float  # lesion report: drop smaller components
+    min_lesion_ml: float  # smaller lesion components are relabelled liver and left out of the lesion report
     tracking: str  # "none" (default) or "mlflow" (sqlite store under the app dir)
     max_voxels: int  # larger volumes are refused (HTTP 413) from their header, before loading
     max_upload_mb: float  # larger request bodies are refused (HTTP 413) before they are stored

@@ -36,6 +36,7 @@ from lib.transforms.inference import predict_slices, within_liver
 from lib.transforms.interaction import BACKGROUND_CLICK_MODES, encode_clicks, enforce_clicks, to_oriented_index
 from lib.transforms.transforms import (
     DenseCRFd,
+    DropSmallLesionsd,
     FillHolesPerSliced,
     KeepLargestLiverd,
     ProbsToLabeld,
@@ -178,6 +179,8 @@ class LiverSegmentation(BasicInferTask):
             t.append(KeepLargestLiverd(keys="pred"))
         if data is None or as_bool(data.get("fill_holes", True)):
             t.append(FillHolesPerSliced(keys="pred"))
+        # lesions the report would not list are not drawn either (clicks, after, may still add small ones)
+        t.append(DropSmallLesionsd(keys="pred", min_ml=self.conf.min_lesion_ml))
         t.append(EnforceClicksd())
         t.append(LesionReportd(self.conf.min_lesion_ml, enabled=self.cascade))
         t.append(RestoreOrientationd(keys="pred", ref_key="image"))
@@ -189,6 +192,11 @@ class LiverSegmentation(BasicInferTask):
             parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
         except ValueError as e:
             raise InvalidRequestError(f"scales: {e}") from e
+        try:
+            if float(request.get("min_lesion_ml", 0)) < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"min_lesion_ml must be a volume in mL >= 0, got {request.get('min_lesion_ml')!r}")
         return super().__call__(request, callbacks)
 
     # -- the cascade ----------------------------------------------------------
@@ -213,13 +221,13 @@ class LiverSegmentation(BasicInferTask):
         probs = predict_slices(net1, stage1_input, n, (h, w), scales, batch, device=device, amp=amp)
         timings["stage1"] = round(time.time() - t0, 3)
 
+        corrected = None  # the annotator's liver, sent as the request's label (cascade only)
         if self.cascade:
             net2, info2 = self._models.get(self.stage_paths[1], device, self.how_to_train())
             models.append(info2)
             # float16 maps: a 512x512x400 volume stays within the memory budget
             liver_map = (probs[1] + probs[2]).clamp_(0, 1)
             lesion_map = probs[2]  # a view: stage two writes slice i only after reading slice i's input
-            corrected = None  # the annotator's liver, sent as the request's label
             if torch.is_tensor(data.get("label")):
                 corrected = (data["label"][0] > 0).to(torch.float16).to(liver_map.device)
             fg, bg = self._clicks(data, image, (h, w, n))
@@ -272,10 +280,12 @@ class LiverSegmentation(BasicInferTask):
                                        out=probs, device=device, amp=amp, box=box)
             timings["stage2"] = round(time.time() - t0, 3)
             timings["stage2_slices"] = len(idx)
-            if corrected is not None:
-                # keep the annotator's liver as is; inside it, stage two decides lesion vs liver
-                probs = within_liver(probs, corrected.to(probs.device)).to(torch.float16)
-        data["lesion_prob"] = probs[2].cpu().clone()  # a copy, so the 3-class map can be freed after argmax
+        if corrected is not None:
+            # keep the annotator's liver as is; inside it, stage two decides lesion vs liver
+            probs = within_liver(probs, corrected.to(probs.device)).to(torch.float16)
+        # the lesion probability behind the label (clicks and the lesion report read it); a copy, so the
+        # 3-class map can be freed after argmax
+        data["lesion_prob"] = probs[2].cpu().clone()
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
         if as_bool(data.get("crf", self.conf.crf)):

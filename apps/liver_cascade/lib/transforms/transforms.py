@@ -167,6 +167,32 @@ class FillHolesPerSliced(MapTransform):
         return d
 
 
+class DropSmallLesionsd(MapTransform):
+    """Relabel lesion components (26-connected) smaller than ``min_ml`` millilitres as liver, in a
+    (1, X, Y, Z) label with an affine: the label then shows the lesions the lesion report lists. The
+    request's ``min_lesion_ml`` overrides ``min_ml``."""
+
+    def __init__(self, keys: KeysCollection, min_ml: float, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.min_ml = min_ml
+
+    def __call__(self, data):
+        d = dict(data)
+        min_ml = float(d.get("min_lesion_ml", self.min_ml))
+        for key in self.key_iterator(d):
+            lab = d[key]
+            arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+            comps, n = ndimage.label(arr == LABELS["lesion"], structure=np.ones((3, 3, 3)))
+            if not n or min_ml <= 0:
+                continue
+            voxel_ml = float(np.prod(np.linalg.norm(np.asarray(lab.affine, dtype=float)[:3, :3], axis=0))) / 1000.0
+            small = np.bincount(comps.ravel()) * voxel_ml < min_ml
+            small[0] = False
+            out = torch.from_numpy(np.where(small[comps], LABELS["liver"], arr).astype(np.uint8))[None]
+            d[key] = MetaTensor(out, meta=lab.meta) if isinstance(lab, MetaTensor) else out
+        return d
+
+
 class DenseCRFd(MapTransform):
     """3D fully connected CRF on the probabilities (ablation; hurt lesions in the paper).
 
