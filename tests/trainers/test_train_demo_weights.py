@@ -63,7 +63,7 @@ def test_lits_cases_validate_and_train_and_holdout_all_keeps_every_patient_out(t
         tdw.main(["--holdout", "all", "--other-phase", "--skip-train"])
 
 
-def test_lits_path_end_to_end(tmp_path, capfd):
+def test_lits_path_end_to_end(tmp_path, capfd, monkeypatch):
     """A fake Task03_Liver (3 sample phantoms) laid out by fetch_msd, trained on with --lits and
     --holdout all, and evaluated on both stand-in real patients."""
     task = tmp_path / "Task03_Liver"
@@ -84,8 +84,10 @@ def test_lits_path_end_to_end(tmp_path, capfd):
         shutil.copy(LITS / "volume-3.nii.gz", real / img)
         shutil.copy(LITS / "segmentation-3.nii.gz", real / lab)
     model_dir, results = tmp_path / "model", tmp_path / "results"
+    monkeypatch.chdir(tmp_path)  # a relative --model-dir is the caller's, though the trainer runs in the app
     assert tdw.main(["--lits", str(store), "--lits-val", "1", "--holdout", "all", "--phantoms", str(tmp_path / "none"),
-                     "--real-dir", str(real), "--num-workers", "2", "--epochs1", "1", "--epochs2", "1", "--model-dir", str(model_dir),
+                     "--real-dir", str(real), "--num-workers", "2", "--epochs1", "1", "--epochs2", "1", "--model-dir", "model",
+                     "--models", "vgg_fcn,liver_resnet,liver_cascade",
                      "--work", str(tmp_path / "work"), "--results", str(results),
                      "--dice-batch", "--lesion-weight", "3", "--lesion-ratio", "2"]) == 0
     log = capfd.readouterr()
@@ -96,11 +98,11 @@ def test_lits_path_end_to_end(tmp_path, capfd):
     assert out["holdout"] == "all" and out["lits"] == {"cases": 3, "validate": 1}
     assert sorted(out["rows"]) == sorted(tdw.REAL)
     for rows in out["rows"].values():
-        assert set(rows) == {"liver_resnet", "liver_cascade"}
+        assert set(rows) == {"vgg_fcn", "liver_resnet", "liver_cascade"}  # the ablation's baseline too
         assert all(0.0 <= r["liver_dice"] <= 1.0 for r in rows.values())
     train = json.loads((tmp_path / "work" / "holdout_all" / "lits_db1_lw3_lesr2" / "train.json").read_text())
     val = json.loads((tmp_path / "work" / "holdout_all" / "lits_db1_lw3_lesr2" / "val.json").read_text())
     assert _names(val) == ["liver_000.nii.gz"] and _names(train) == ["liver_001.nii.gz", "liver_002.nii.gz"]
-    assert {p.name for p in model_dir.glob("*.pt")} == {"liver_resnet_lite.pt", "liver_cascade_lite.pt"}
+    assert {p.name for p in model_dir.glob("*.pt")} == {"vgg_fcn_lite.pt", "liver_resnet_lite.pt", "liver_cascade_lite.pt"}
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert stats["history"] and "val_liver_dice" in stats["history"][-1]
