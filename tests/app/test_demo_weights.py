@@ -93,3 +93,23 @@ def test_demo_weights_find_lesions_on_the_sample_phantoms(tmp_path):
         found, best = found + m["detected_iou0"], max(best, m["lesion_dice"])
     assert found >= 4, found
     assert best > 0.3, best
+
+
+def test_crf_keep_lesions_takes_the_crfs_liver_and_the_cascades_lesions(tmp_path):
+    import phantom
+
+    from lib.evaluation.predict import load_label, make_task, predict_file
+
+    ref = phantom.generate_phantom(seed=3, orientation="LPS", n_slices=24, shape_xy=(160, 160), spacing=(2.2, 2.2, 5.0))
+    image = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ref.image, ref.affine), str(image))
+    task = make_task("liver_cascade", str(APP / "model"))
+    out = {}
+    for name, params in (("plain", {}), ("crf", {"crf": True}), ("keep", {"crf": True, "crf_keep_lesions": True})):
+        predict_file(task, str(image), str(tmp_path / f"{name}.nii.gz"), params)
+        out[name] = load_label(str(tmp_path / f"{name}.nii.gz"))
+    assert (out["plain"] == 2).sum() > 500  # the cascade finds this phantom's lesions (1518 voxels measured)
+    assert (out["crf"] == 2).sum() < 0.5 * (out["plain"] == 2).sum()  # the paper's CRF removes most of them
+    assert np.array_equal(out["keep"] > 0, out["crf"] > 0)  # the CRF's liver ...
+    keep, plain = out["keep"] == 2, out["plain"] == 2
+    assert not (keep & ~plain).any() and keep.sum() > 0.9 * plain.sum()  # ... with the cascade's lesions

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from lib.evaluation import ablation, evaluate
@@ -28,6 +29,14 @@ def test_ablation_and_evaluate_commands(tmp_path):
     assert all(0.0 <= r["liver_dice"] <= 1.0 and r["n_cases"] == 2 for r in rows)
     assert rows[4]["params"]["scales"].count(",") == 4  # the paper's five scales
     assert "| Cascaded ResNet + 3D-CRF |" in (out / "ablation.md").read_text()
+    assert rows[-1]["params"] == {"crf": True, "crf_keep_lesions": True}
+    # a subset of rows, e.g. to add one to a table without rerunning the slow ones
+    sub = tmp_path / "sub"
+    assert ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--cases", "1",
+                          "--methods", "ResNet,Cascaded ResNet"]) == 0
+    assert [r["method"] for r in json.loads((sub / "ablation.json").read_text())] == ["ResNet", "Cascaded ResNet"]
+    with pytest.raises(SystemExit, match="SegFormer"):
+        ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--methods", "SegFormer"])
 
     preds = out / "predictions" / "Cascaded_ResNet"
     res = tmp_path / "eval"

@@ -62,6 +62,7 @@ class AppConf:
     batch_size: int  # slices per network call at inference
     stage2_roi: bool  # run stage two only on slices where stage one found liver
     crf: bool  # 3D dense CRF post-processing (ablation only)
+    crf_keep_lesions: bool  # with the CRF: it decides the liver only, the network's lesions stay
     auto_train_on_save: bool
     auto_train_after: int  # new final labels that trigger a training run
     auto_train_epochs: int  # max_epochs of such a run
@@ -85,6 +86,7 @@ class AppConf:
             batch_size=int(conf.get("batch_size", 16 if device == "cpu" else 32)),
             stage2_roi=as_bool(conf.get("stage2_roi", "true")),
             crf=as_bool(conf.get("crf", "false")),
+            crf_keep_lesions=as_bool(conf.get("crf_keep_lesions", "false")),
             auto_train_on_save=as_bool(conf.get("auto_train_on_save", "false")),
             auto_train_after=int(conf.get("auto_train_after", "1")),
             auto_train_epochs=int(conf.get("auto_train_epochs", "20")),

@@ -118,6 +118,7 @@ class LiverSegmentation(BasicInferTask):
                 "preset": conf.preset,
                 "scales": ",".join(str(s) for s in conf.scales),
                 "crf": conf.crf,
+                "crf_keep_lesions": conf.crf_keep_lesions,
                 "fill_holes": True,
                 "largest_component": True,
                 "stage2_roi": conf.stage2_roi,
@@ -288,13 +289,22 @@ class LiverSegmentation(BasicInferTask):
         data["lesion_prob"] = probs[2].cpu().clone()
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
+        network_lesions = None
         if as_bool(data.get("crf", self.conf.crf)):
+            if as_bool(data.get("crf_keep_lesions", self.conf.crf_keep_lesions)):
+                network_lesions = ProbsToLabeld(keys="pred")({"pred": pred})["pred"][0] == LABELS["lesion"]
+            t0 = time.time()
             pred = DenseCRFd(keys="pred")({"pred": pred, "image": image})["pred"]
+            timings["crf"] = round(time.time() - t0, 3)
         if as_bool(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
             data["probs"] = pred
         # probabilities -> LiTS labels here, not in post: the 3-class map is freed before post-processing
         data["pred"] = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]
         del pred
+        if network_lesions is not None:  # the CRF's liver, the network's lesions inside it
+            label = data["pred"][0]
+            label[label > 0] = LABELS["liver"]
+            label[(label > 0) & network_lesions] = LABELS["lesion"]
         data["inference_timings"] = timings
         data["models_used"] = [{"file": os.path.basename(m["path"]), "mtime": m["mtime"], "preset": m["preset"]}
                                for m in models]
