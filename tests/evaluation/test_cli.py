@@ -33,10 +33,11 @@ def test_ablation_and_evaluate_commands(tmp_path):
     # a subset of rows, e.g. to add one to a table without rerunning the slow ones
     sub = tmp_path / "sub"
     assert ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--cases", "1",
-                          "--methods", "ResNet,Cascaded ResNet"]) == 0
-    assert [r["method"] for r in json.loads((sub / "ablation.json").read_text())] == ["ResNet", "Cascaded ResNet"]
+                          "--method", "ResNet", "--method", "Cascaded ResNet, stage two on all slices"]) == 0
+    assert [r["method"] for r in json.loads((sub / "ablation.json").read_text())] == [
+        "ResNet", "Cascaded ResNet, stage two on all slices"]
     with pytest.raises(SystemExit, match="SegFormer"):
-        ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--methods", "SegFormer"])
+        ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--method", "SegFormer"])
 
     preds = out / "predictions" / "Cascaded_ResNet"
     res = tmp_path / "eval"

@@ -67,7 +67,8 @@ def main(argv=None):
     ap.add_argument("--preset", default="lite")
     ap.add_argument("--title", default="")
     ap.add_argument("--no-crf", action="store_true", help="leave out the 3D-CRF rows (minutes per case on a CPU)")
-    ap.add_argument("--methods", default="", help="only these rows, comma-separated (e.g. 'ResNet,Cascaded ResNet')")
+    ap.add_argument("--method", action="append", default=[],
+                    help="only this row (repeat for more), e.g. --method ResNet --method 'Cascaded ResNet'")
     args = ap.parse_args(argv)
     pairs = find_pairs(Path(args.data)) if args.data else list(zip(map(Path, args.image), map(Path, args.label)))
     if args.cases:
@@ -78,12 +79,11 @@ def main(argv=None):
     out.mkdir(parents=True, exist_ok=True)
     results = []
     rows = rows_for(args.preset)
-    if args.methods:
-        wanted = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = sorted(set(wanted) - {name for name, _, _ in rows})
+    if args.method:
+        unknown = sorted(set(args.method) - {name for name, _, _ in rows})
         if unknown:
-            raise SystemExit(f"unknown --methods {unknown}; the rows are {[name for name, _, _ in rows]}")
-        rows = [r for r in rows if r[0] in wanted]
+            raise SystemExit(f"unknown --method {unknown}; the rows are {[name for name, _, _ in rows]}")
+        rows = [r for r in rows if r[0] in args.method]
     for name, model, params in rows:
         if args.no_crf and params.get("crf"):
             continue

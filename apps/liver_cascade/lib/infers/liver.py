@@ -182,7 +182,7 @@ class LiverSegmentation(BasicInferTask):
             t.append(FillHolesPerSliced(keys="pred"))
         # lesions the report would not list are not drawn either (clicks, after, may still add small ones)
         t.append(DropSmallLesionsd(keys="pred", min_ml=self.conf.min_lesion_ml))
-        t.append(EnforceClicksd())
+        t.append(EnforceClicksd(self.conf.min_lesion_ml))
         t.append(LesionReportd(self.conf.min_lesion_ml, enabled=self.cascade))
         t.append(RestoreOrientationd(keys="pred", ref_key="image"))
         return t
@@ -356,6 +356,9 @@ class LiverSegmentation(BasicInferTask):
 class EnforceClicksd:
     """After post-processing, honour the annotator: lesion clicks and a corrected liver."""
 
+    def __init__(self, min_lesion_ml: float):
+        self.min_lesion_ml = min_lesion_ml  # a background click's leftovers under this go too
+
     def __call__(self, data):
         clicks, liver = data.get("clicks"), data.get("corrected_liver")
         if not clicks and liver is None:
@@ -367,7 +370,8 @@ class EnforceClicksd:
             prob = d["lesion_prob"].float().numpy()
             hu = d.get("image_hu")
             fixed = enforce_clicks(fixed, prob, clicks["foreground"], clicks["background"], clicks["spacing"],
-                                   None if hu is None else hu.numpy(), clicks["mode"])
+                                   None if hu is None else hu.numpy(), clicks["mode"],
+                                   float(d.get("min_lesion_ml", self.min_lesion_ml)))
         if liver is not None:  # the annotator's liver is kept exactly as drawn
             liver = liver.numpy()
             fixed = np.where(liver, np.maximum(fixed, LABELS["liver"]), 0).astype(np.uint8)

@@ -28,7 +28,6 @@ CLICK_RADIUS_MM = 4.0
 BACKGROUND_CLICK_MODES = ("tissue", "island")
 BACKGROUND_HU_TOLERANCE = 20.0  # HU, after smoothing
 BACKGROUND_SMOOTH_MM = 1.0
-MIN_PIECE_ML = 0.05  # what a background click leaves of a lesion in smaller pieces goes too
 
 
 def to_oriented_index(points: Sequence[Sequence[float]], original_affine, current_affine, shape) -> List[tuple]:
@@ -69,12 +68,12 @@ def encode_clicks(lesion_map: torch.Tensor, fg, bg, spacing) -> torch.Tensor:
 
 
 def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing, hu=None,
-                   background: str = "tissue") -> np.ndarray:
+                   background: str = "tissue", min_piece_ml: float = 0.05) -> np.ndarray:
     """Make the final (X, Y, Z) label honour the clicks without touching other lesions.
 
     A background click removes, with ``background="tissue"`` and the image's HU, the clicked tissue
-    within the lesion it hits (:func:`background_region`); with ``"island"`` or without the image,
-    that whole 26-connected lesion."""
+    within the lesion it hits (:func:`background_region`; pieces it leaves under ``min_piece_ml`` go
+    too); with ``"island"`` or without the image, that whole 26-connected lesion."""
     if background not in BACKGROUND_CLICK_MODES:
         raise ValueError(f"background_click must be one of {BACKGROUND_CLICK_MODES}, got {background!r}")
     out = label.copy()
@@ -97,15 +96,15 @@ def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing, 
             comps, _ = ndimage.label(out == lesion, structure=s26)
             island = comps == comps[p]
             if background == "tissue" and hu is not None:
-                island = background_region(island, p, spacing, hu)
+                island = background_region(island, p, spacing, hu, min_piece_ml)
             out[island] = liver
     return out
 
 
-def background_region(island: np.ndarray, p, spacing, hu: np.ndarray) -> np.ndarray:
+def background_region(island: np.ndarray, p, spacing, hu: np.ndarray, min_piece_ml: float = 0.05) -> np.ndarray:
     """The part of a lesion ``island`` that a background click at ``p`` removes: the voxels connected
     to ``p`` whose HU (smoothed over BACKGROUND_SMOOTH_MM) is within BACKGROUND_HU_TOLERANCE of the
-    clicked tissue's, plus what that leaves of the island in pieces under MIN_PIECE_ML. A false lesion
+    clicked tissue's, plus what that leaves of the island in pieces under ``min_piece_ml``. A false lesion
     drawn over liver tissue goes; a true lesion of another density that it touches stays."""
     idx = np.nonzero(island)
     box = tuple(slice(max(0, int(i.min()) - 2), int(i.max()) + 3) for i in idx)
@@ -121,7 +120,7 @@ def background_region(island: np.ndarray, p, spacing, hu: np.ndarray) -> np.ndar
     region[q] = True
     rest, _ = ndimage.label(inside & ~region, structure=s26)
     ml = np.bincount(rest.ravel()) * float(np.prod(spacing[:3])) / 1000.0
-    region |= (rest > 0) & (ml[rest] < MIN_PIECE_ML)
+    region |= (rest > 0) & (ml[rest] < min_piece_ml)
     out = np.zeros_like(island)
     out[box] = region
     return out
