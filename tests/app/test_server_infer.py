@@ -56,6 +56,8 @@ def test_info_lists_models_and_labels(server):
         assert info["models"][m]["labels"] == {"liver": 1, "lesion": 2}
         assert set(info["models"][m]["label_colors"]) == {"liver", "lesion"}
     assert info["models"]["liver_cascade"]["config"]["scales"]
+    # a list: Slicer shows a choice; requests that do not choose get the first (their merged config)
+    assert info["models"]["liver_cascade"]["config"]["background_click"] == ["tissue", "island"]
     assert info["labels"] == ["liver", "lesion"]
 
 
