@@ -199,12 +199,12 @@ def main(argv=None):
     if args.num_workers is not None:  # speed only: not part of the variant's name
         request["num_workers"] = args.num_workers
     common = [arg for key, v in request.items() for arg in (f"--{key}", str(v))]
+    # vgg_fcn (the paper's baseline, only when named in --models) trains like stage one
+    stage_epochs = {m: e for m, e in (("vgg_fcn", args.epochs1), ("liver_resnet", args.epochs1),
+                                      ("liver_cascade", args.epochs2)) if m in models}
     timings = {}
     if not args.skip_train:
-        # vgg_fcn (the paper's baseline, only when named in --models) trains like stage one
-        for model, epochs in (("vgg_fcn", args.epochs1), ("liver_resnet", args.epochs1), ("liver_cascade", args.epochs2)):
-            if model not in models:
-                continue
+        for model, epochs in stage_epochs.items():
             t0 = time.time()
             cmd = [sys.executable, "-m", "lib.trainers.cli", "--models", model, "--model_dir", args.model_dir,
                    "--train_ds", str(train_ds), "--val_ds", str(val_ds), "--max_epochs", str(epochs), "--preset", args.preset] + common
@@ -218,9 +218,7 @@ def main(argv=None):
 
     results = {"holdout": args.holdout, "preset": args.preset, "other_phase": args.other_phase, "finetune": args.finetune,
                "lits": {"cases": len(lits), "validate": args.lits_val} if args.lits else None,
-               "epochs": {m: e for m, e in (("vgg_fcn", args.epochs1), ("liver_resnet", args.epochs1),
-                                            ("liver_cascade", args.epochs2))
-                          if m in models}, **{k: v for k, (_, v) in options.items()},
+               "epochs": stage_epochs, **{k: v for k, (_, v) in options.items()},
                "train_seconds": timings, "rows": {}}
     for patient in (sorted(REAL) if args.holdout == "all" else [args.holdout]):
         img, lab = (Path(args.real_dir) / f for f in REAL[patient])

@@ -240,8 +240,8 @@ class LiverSegmentation(BasicInferTask):
                 spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
                 lesion_map = encode_clicks(lesion_map.cpu().float(), fg, bg, spacing).half()
                 data["clicks"] = {"foreground": fg, "background": bg, "spacing": spacing.tolist(), "mode": mode}
-            # where stage two looks: stage one's liver, and the annotator's where given
-            region = liver_map
+            # stage two runs on slices with stage one's liver, and with the annotator's where given
+            has_liver = (liver_map > 0.5).flatten(0, 1).any(0)
             if corrected is not None:
                 if tuple(corrected.shape) != (h, w, n):
                     raise InvalidRequestError(
@@ -250,9 +250,8 @@ class LiverSegmentation(BasicInferTask):
                 # stage two still reads stage one's liver map: fed the binary corrected mask instead,
                 # it finds fewer lesions (docs/RESULTS.md, "Interactive cascade"); the corrected
                 # liver bounds the result below
-                region = torch.maximum(liver_map, corrected)
+                has_liver |= (corrected > 0.5).flatten(0, 1).any(0)
                 data["corrected_liver"] = corrected.cpu() > 0.5
-            has_liver = (region > 0.5).flatten(0, 1).any(0)
             for p in fg + bg:
                 has_liver[p[2]] = True
             if as_bool(data.get("stage2_roi", self.conf.stage2_roi)):
