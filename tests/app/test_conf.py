@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from lib.conf import AppConf, default_preset, parse_scales
+from lib.conf import AppConf, default_preset, parse_crf, parse_scales
 from lib.settings import PRESETS, model_filename
 
 
@@ -55,3 +55,14 @@ def test_scales_are_checked():
     assert parse_scales("192, 208", "lite") == (192, 208)
     with pytest.raises(ValueError):
         parse_scales("16", "lite")
+
+
+def test_crf_modes_default_to_liver_and_read_the_old_switches(tmp_path):
+    assert AppConf.from_conf({}, str(tmp_path)).crf == "liver"
+    assert AppConf.from_conf({"crf": "paper"}, str(tmp_path)).crf == "paper"
+    assert AppConf.from_conf({"crf": "false"}, str(tmp_path)).crf == "off"
+    assert parse_crf("true") == "paper" and parse_crf("true", "true") == "liver"  # before modes existed
+    assert parse_crf(["off", "liver", "paper"]) == "off"  # the config's list sent back: its first
+    assert parse_crf(None) == parse_crf("") == "liver"
+    with pytest.raises(ValueError, match="crf must be one of"):
+        parse_crf("sometimes")

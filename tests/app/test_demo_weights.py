@@ -95,7 +95,7 @@ def test_demo_weights_find_lesions_on_the_sample_phantoms(tmp_path):
     assert best > 0.3, best
 
 
-def test_crf_keep_lesions_takes_the_crfs_liver_and_the_cascades_lesions(tmp_path):
+def test_crf_modes_the_default_redraws_the_liver_and_keeps_the_cascades_lesions(tmp_path):
     import phantom
 
     from lib.evaluation.predict import load_label, make_task, predict_file
@@ -104,12 +104,20 @@ def test_crf_keep_lesions_takes_the_crfs_liver_and_the_cascades_lesions(tmp_path
     image = tmp_path / "ct.nii.gz"
     nib.save(nib.Nifti1Image(ref.image, ref.affine), str(image))
     task = make_task("liver_cascade", str(APP / "model"))
-    out = {}
-    for name, params in (("plain", {}), ("crf", {"crf": True}), ("keep", {"crf": True, "crf_keep_lesions": True})):
-        predict_file(task, str(image), str(tmp_path / f"{name}.nii.gz"), params)
+    out, timings = {}, {}
+    for name, params in (("off", {"crf": "off"}), ("paper", {"crf": "paper"}), ("liver", {"crf": "liver"}),
+                         ("default", {}), ("switches", {"crf": "true", "crf_keep_lesions": "true"})):
+        timings[name] = predict_file(task, str(image), str(tmp_path / f"{name}.nii.gz"), params)["timings"]
         out[name] = load_label(str(tmp_path / f"{name}.nii.gz"))
-    assert (out["plain"] == 2).sum() > 500  # the cascade finds this phantom's lesions (1518 voxels measured)
-    assert (out["crf"] == 2).sum() < 0.5 * (out["plain"] == 2).sum()  # the paper's CRF removes most of them
-    assert np.array_equal(out["keep"] > 0, out["crf"] > 0)  # the CRF's liver ...
-    keep, plain = out["keep"] == 2, out["plain"] == 2
-    assert not (keep & ~plain).any() and keep.sum() > 0.9 * plain.sum()  # ... with the cascade's lesions
+    assert (out["off"] == 2).sum() > 500  # the cascade finds this phantom's lesions (1518 voxels measured)
+    assert (out["paper"] == 2).sum() < 0.5 * (out["off"] == 2).sum()  # the paper's CRF removes most of them
+    assert np.array_equal(out["liver"] == 2, out["off"] == 2)  # the liver mode keeps them as they were ...
+
+    def liver_dice(label):
+        a, b = label > 0, ref.label > 0
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert liver_dice(out["liver"]) > liver_dice(out["off"]) + 0.005  # ... and redraws a better liver boundary
+    assert np.array_equal(out["default"], out["liver"]) and np.array_equal(out["switches"], out["liver"])
+    assert timings["default"]["crf_mode"] == "liver" and timings["off"]["crf_mode"] == "off"
+    assert "crf" not in timings["off"] and timings["liver"]["crf"] < 10

@@ -58,6 +58,7 @@ def test_info_lists_models_and_labels(server):
     assert info["models"]["liver_cascade"]["config"]["scales"]
     # a list: Slicer shows a choice; requests that do not choose get the first (their merged config)
     assert info["models"]["liver_cascade"]["config"]["background_click"] == ["tissue", "island"]
+    assert info["models"]["liver_cascade"]["config"]["crf"] == ["liver", "paper", "off"]
     assert info["labels"] == ["liver", "lesion"]
 
 
@@ -106,6 +107,8 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert infer(server, "no_such_model", "lps_odd").status_code == 404
     assert infer(server, "liver_cascade", "lps_odd", {"scales": "abc"}).status_code == 400
     assert infer(server, "liver_cascade", "lps_odd", {"min_lesion_ml": "abc"}).status_code == 400
+    bad_crf = infer(server, "liver_cascade", "lps_odd", {"crf": "sometimes"})
+    assert bad_crf.status_code == 400 and "crf" in bad_crf.text
     assert infer(server, "liver_cascade", "broken").status_code == 400
     missing = infer(server, "vgg_fcn", "lps_odd")  # no weights for this one
     assert missing.status_code == 503

@@ -155,3 +155,29 @@ def test_drop_small_lesions_relabels_them_liver_by_volume_in_ml():
     assert (out == 2).sum() == 144 and out[3, 3, 3] == 1 and (out > 0).all()
     keep = np.asarray(DropSmallLesionsd("pred", min_ml=0.1)({**d, "min_lesion_ml": 0.05})["pred"][0])
     assert (keep == 2).sum() == 152  # the request's min_lesion_ml wins
+
+
+def test_dense_crf_moves_a_misplaced_boundary_to_the_intensity_edge():
+    # bright tissue for x < 30, dark beyond; the network's liver overshoots to x < 36
+    from lib.transforms.transforms import dense_crf_3d
+
+    image = np.full((60, 40, 6), 0.2, np.float32)
+    image[:30] = 0.6
+    liver = np.full(image.shape, 0.3, np.float32)
+    liver[:36] = 0.7
+    probs = np.stack([1 - liver, liver])
+    spacing = np.array([1.0, 1.0, 5.0])
+
+    def edge(q):  # first x where the middle row is not liver
+        return int(np.argmin(q.argmax(0)[:, 20, 3]))
+
+    assert edge(probs) == 36
+    crf = dense_crf_3d(probs, image, spacing, 5, 3.0, 10.0, 0.1, 1.0, 2.0)
+    assert edge(crf) <= 32
+    assert np.allclose(crf.sum(0), 1, atol=1e-5)
+    # the appearance (bilateral) kernel does it: smoothness alone leaves the boundary where it was
+    assert edge(dense_crf_3d(probs, image, spacing, 5, 3.0, 10.0, 0.1, 1.0, 0.0)) >= 35
+    # nothing to change: uniform image and probabilities stay as they are
+    flat = np.stack([np.full(image.shape, 0.4, np.float32), np.full(image.shape, 0.6, np.float32)])
+    assert np.allclose(dense_crf_3d(flat, np.full(image.shape, 0.5, np.float32), spacing, 3, 3.0, 10.0, 0.1, 1.0, 2.0),
+                       flat, atol=1e-4)

@@ -27,7 +27,7 @@ from monai.transforms import (
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.conf import AppConf, as_bool, parse_scales
+from lib.conf import CRF_MODES, AppConf, as_bool, parse_crf, parse_scales
 from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
@@ -117,8 +117,8 @@ class LiverSegmentation(BasicInferTask):
             config={
                 "preset": conf.preset,
                 "scales": ",".join(str(s) for s in conf.scales),
-                "crf": conf.crf,
-                "crf_keep_lesions": conf.crf_keep_lesions,
+                # a list: Slicer offers it as a choice, the first (the --conf value) is the default
+                "crf": [conf.crf] + [m for m in CRF_MODES if m != conf.crf],
                 "fill_holes": True,
                 "largest_component": True,
                 "stage2_roi": conf.stage2_roi,
@@ -193,6 +193,10 @@ class LiverSegmentation(BasicInferTask):
             parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
         except ValueError as e:
             raise InvalidRequestError(f"scales: {e}") from e
+        try:
+            parse_crf(request.get("crf"), request.get("crf_keep_lesions"))
+        except ValueError as e:
+            raise InvalidRequestError(str(e)) from e
         try:
             if float(request.get("min_lesion_ml", 0)) < 0:
                 raise ValueError
@@ -288,22 +292,24 @@ class LiverSegmentation(BasicInferTask):
         data["lesion_prob"] = probs[2].cpu().clone()
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
+        crf = parse_crf(data.get("crf", self.conf.crf), data.get("crf_keep_lesions"))
         network_lesions = None
-        if as_bool(data.get("crf", self.conf.crf)):
-            if as_bool(data.get("crf_keep_lesions", self.conf.crf_keep_lesions)):
+        if crf != "off":
+            if crf == "liver":
                 network_lesions = ProbsToLabeld(keys="pred")({"pred": pred})["pred"][0] == LABELS["lesion"]
             t0 = time.time()
             pred = DenseCRFd(keys="pred")({"pred": pred, "image": image})["pred"]
             timings["crf"] = round(time.time() - t0, 3)
+        timings["crf_mode"] = crf
         if as_bool(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
             data["probs"] = pred
         # probabilities -> LiTS labels here, not in post: the 3-class map is freed before post-processing
         data["pred"] = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]
         del pred
-        if network_lesions is not None:  # the CRF's liver, the network's lesions inside it
+        if network_lesions is not None:  # the CRF's liver, and the network's lesions as they were
             label = data["pred"][0]
             label[label > 0] = LABELS["liver"]
-            label[(label > 0) & network_lesions] = LABELS["lesion"]
+            label[network_lesions] = LABELS["lesion"]
         data["inference_timings"] = timings
         data["models_used"] = [{"file": os.path.basename(m["path"]), "mtime": m["mtime"], "preset": m["preset"]}
                                for m in models]

@@ -53,7 +53,8 @@ class LiverUncertainty(ScoringMethod):
             return data
 
         self.infer_task(
-            {"image": image_path, "skip_writer": True, "keep_probs": True,
+            # the network's own probabilities: no CRF (it would also sharpen them)
+            {"image": image_path, "skip_writer": True, "keep_probs": True, "crf": "off",
              "device": "cuda" if torch.cuda.is_available() else "cpu"},
             callbacks={CallBackTypes.INFERER: keep_probs},
         )

@@ -7,6 +7,7 @@ per-axial-slice hole filling, probabilities to LiTS labels, the optional dense
 CRF, and the exact inverse of the orientation change.
 """
 
+import itertools
 import logging
 from typing import Hashable, Mapping, Optional
 
@@ -194,11 +195,15 @@ class DropSmallLesionsd(MapTransform):
 
 
 class DenseCRFd(MapTransform):
-    """3D fully connected CRF on the probabilities (ablation; hurt lesions in the paper).
+    """3D fully connected CRF on the probabilities (the paper's ablation; our "liver" mode).
 
     Mean-field inference with a Gaussian smoothness kernel and an appearance
     kernel; the appearance kernel is evaluated with a bilateral grid in the
     (x, y, z, intensity) space, as fast approximations of Kraehenbuehl & Koltun do.
+    It runs on the box of the network's largest foreground component plus
+    ``margin_mm`` (farther away the component step removes whatever it draws):
+    about 1-2 s for a 512x512x44 volume on 2 CPU cores. The intensity sigma is
+    0.05 of the HU window (20 HU); chosen on synthetic phantoms (docs/RESULTS.md).
     """
 
     def __init__(
@@ -208,9 +213,10 @@ class DenseCRFd(MapTransform):
         iterations: int = 3,
         spatial_sigma_mm: float = 3.0,
         bilateral_sigma_mm: float = 10.0,
-        bilateral_sigma_intensity: float = 0.1,
+        bilateral_sigma_intensity: float = 0.05,
         w_smooth: float = 1.0,
         w_bilateral: float = 2.0,
+        margin_mm: float = 20.0,
     ):
         super().__init__(keys)
         self.image_key = image_key
@@ -220,6 +226,7 @@ class DenseCRFd(MapTransform):
         self.bi = bilateral_sigma_intensity
         self.ws = w_smooth
         self.wb = w_bilateral
+        self.margin_mm = margin_mm
 
     def __call__(self, data):
         d = dict(data)
@@ -229,10 +236,10 @@ class DenseCRFd(MapTransform):
         for key in self.key_iterator(d):
             probs = d[key]
             p = np.asarray(probs.float().cpu() if torch.is_tensor(probs) else probs, dtype=np.float32)
-            # the CRF only matters near the liver: run it on a padded bounding box
-            box = _bbox(p[0] < 0.95)
+            box = _bbox(largest_component(np.maximum(p[1], p[2]) > p[0]))
             if box is not None:
-                box = tuple(slice(max(0, b.start - 8), min(n, b.stop + 8)) for b, n in zip(box, p.shape[1:]))
+                margin = np.ceil(self.margin_mm / spacing).astype(int)
+                box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, p.shape[1:]))
                 p = p.copy()
                 p[(slice(None),) + box] = dense_crf_3d(
                     p[(slice(None),) + box], img[box], spacing, self.iterations,
@@ -253,28 +260,57 @@ def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
     """Mean-field dense CRF with Potts compatibility; returns refined probabilities.
 
     Message passing uses separable Gaussian filtering (smoothness) and a
-    bilateral grid over intensity bins (appearance), both in millimetres.
+    bilateral grid (appearance; Paris & Durand): ``q`` is splatted into coarse
+    cells of about half the bilateral sigma along each axis and ``bi``-wide
+    intensity bins, blurred there, and read back with linear interpolation in
+    space at each voxel's own bin. Sigmas are in millimetres.
     """
     eps = 1e-6
     unary = -np.log(np.clip(probs, eps, 1.0))
     q = probs.copy()
+    shape = q.shape[1:]
     n_bins = max(2, int(np.ceil(1.0 / bi)) + 1)
-    bin_idx = np.clip(np.rint(image / bi), 0, n_bins - 1).astype(np.int32)
+    bin_idx = np.clip(np.rint(image / bi), 0, n_bins - 1).astype(np.int64)
+    cell = np.maximum(1, np.floor(bs / spacing / 2)).astype(int)
+    coarse = tuple(-(-n // c) for n, c in zip(shape, cell))
+    strides = np.cumprod((1,) + coarse[::-1])[::-1]  # of the flat (bin, x, y, z) grid
+    splat = bin_idx * strides[0]  # each voxel's cell
+    corners = []  # per axis: (cell index * stride, weight) pairs of the linear read-back
+    for ax, (c, m) in enumerate(zip(cell, coarse)):
+        view = [1] * len(shape)
+        view[ax] = shape[ax]
+        i = np.arange(shape[ax])
+        splat = splat + (i // c).reshape(view) * strides[ax + 1]
+        u = np.clip((i + 0.5) / c - 0.5, 0, m - 1)  # voxel centre in cell units
+        i0 = np.floor(u).astype(np.int64)
+        w = (u - i0).astype(np.float32)
+        pairs = [((i0 * strides[ax + 1]).reshape(view), (1 - w).reshape(view))]
+        if c > 1:
+            i1 = np.minimum(i0 + 1, m - 1)
+            pairs.append(((i1 * strides[ax + 1]).reshape(view), w.reshape(view)))
+        corners.append(pairs)
+    splat = splat.ravel()
+    own_bin = bin_idx * strides[0]
+    grid_sigma = (1.0,) + tuple(bs / spacing / cell)
+
+    def bilateral(values):
+        grid = np.bincount(splat, weights=values, minlength=int(strides[0]) * n_bins).astype(np.float32)
+        grid = ndimage.gaussian_filter(grid.reshape((n_bins,) + coarse), grid_sigma, mode="nearest").ravel()
+        out = np.zeros(shape, np.float32)
+        for corner in itertools.product(*corners):
+            index, weight = own_bin, 1.0
+            for offset, w in corner:
+                index, weight = index + offset, weight * w
+            out += grid[index] * weight
+        return out
+
+    norm = np.maximum(bilateral(None), eps)  # the filter's weight at each voxel
     sigma_s = ss / spacing
-    sigma_b = bs / spacing
     for _ in range(iterations):
         msg = np.empty_like(q)
         for c in range(q.shape[0]):
             smooth = ndimage.gaussian_filter(q[c], sigma_s, mode="nearest") - q[c]
-            # bilateral grid: splat q into intensity bins, blur spatially and across bins, slice
-            grid = np.zeros((n_bins,) + q.shape[1:], dtype=np.float32)
-            weight = np.zeros_like(grid)
-            np.put_along_axis(grid, bin_idx[None], q[c][None], 0)
-            np.put_along_axis(weight, bin_idx[None], 1.0, 0)
-            grid = ndimage.gaussian_filter(grid, (1.0,) + tuple(sigma_b), mode="nearest")
-            weight = ndimage.gaussian_filter(weight, (1.0,) + tuple(sigma_b), mode="nearest")
-            bil = np.take_along_axis(grid / np.maximum(weight, eps), bin_idx[None], 0)[0] - q[c]
-            msg[c] = ws * smooth + wb * bil
+            msg[c] = ws * smooth + wb * (bilateral(q[c].ravel()) / norm - q[c])
         # Potts compatibility: agreement with same-label neighbours lowers a label's energy
         energy = unary - msg
         energy -= energy.min(0, keepdims=True)
