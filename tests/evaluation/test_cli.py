@@ -29,7 +29,9 @@ def test_ablation_and_evaluate_commands(tmp_path):
     assert all(0.0 <= r["liver_dice"] <= 1.0 and r["n_cases"] == 2 for r in rows)
     assert rows[4]["params"]["scales"].count(",") == 4  # the paper's five scales
     assert "| Cascaded ResNet + 3D-CRF |" in (out / "ablation.md").read_text()
-    assert rows[3]["params"] == {"crf": "paper"} and rows[-1]["params"] == {"crf": "liver"}
+    params = {r["method"]: r["params"] for r in rows}
+    assert params["Cascaded ResNet + 3D-CRF"] == {"crf": "paper"}
+    assert params["Cascaded ResNet + liver CRF (default)"] == {"crf": "liver"}
     assert all(r["params"]["crf"] == "off" for r in rows[:3])  # the paper's rows: no CRF
     # a subset of rows, e.g. to add one to a table without rerunning the slow ones
     sub = tmp_path / "sub"

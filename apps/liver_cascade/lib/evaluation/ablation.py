@@ -46,6 +46,7 @@ def rows_for(preset: str):
         ("Cascaded ResNet, stage two on all slices", "liver_cascade", {"stage2_roi": False, **off}),
         # not in the paper: the app's default, the CRF for the liver's boundary, the cascade's lesions kept
         ("Cascaded ResNet + liver CRF (default)", "liver_cascade", {"crf": "liver"}),
+        ("Cascaded ResNet + multi-scale + liver CRF", "liver_cascade", {"scales": multi, "crf": "liver"}),
     ]
 
 

@@ -298,7 +298,7 @@ class LiverSegmentation(BasicInferTask):
             if crf == "liver":
                 network_lesions = ProbsToLabeld(keys="pred")({"pred": pred})["pred"][0] == LABELS["lesion"]
             t0 = time.time()
-            pred = DenseCRFd(keys="pred")({"pred": pred, "image": image})["pred"]
+            pred = DenseCRFd(keys="pred", foreground_only=crf == "liver")({"pred": pred, "image": image})["pred"]
             timings["crf"] = round(time.time() - t0, 3)
         timings["crf_mode"] = crf
         if as_bool(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
