@@ -181,3 +181,29 @@ def test_dense_crf_moves_a_misplaced_boundary_to_the_intensity_edge():
     flat = np.stack([np.full(image.shape, 0.4, np.float32), np.full(image.shape, 0.6, np.float32)])
     assert np.allclose(dense_crf_3d(flat, np.full(image.shape, 0.5, np.float32), spacing, 3, 3.0, 10.0, 0.1, 1.0, 2.0),
                        flat, atol=1e-4)
+
+
+def test_dense_crfd_joins_no_other_component_to_the_liver_and_works_in_place():
+    # the network's liver in slices 0-5 and a separate "liver" blob in slices 7-8 (the heart above the
+    # dome, say), with a bright, uncertain slice between them: the CRF must not join them
+    from monai.data import MetaTensor
+
+    from lib.transforms.transforms import DenseCRFd
+
+    image = np.full((40, 40, 12), 0.2, np.float32)
+    image[5:35, 5:35, :9] = 0.6
+    fg = np.full(image.shape, 0.05, np.float32)
+    fg[5:35, 5:35, :6] = 0.9
+    fg[5:35, 5:35, 6] = 0.45
+    fg[10:30, 10:30, 7:9] = 0.9
+    probs = torch.from_numpy(np.stack([1 - fg, fg * 0.9, fg * 0.1])).half()
+    affine = torch.diag(torch.tensor([1.0, 1.0, 5.0, 1.0]))
+    data = {"pred": MetaTensor(probs, affine=affine), "image": MetaTensor(torch.from_numpy(image)[None], affine=affine)}
+    out = DenseCRFd(keys="pred", foreground_only=True)(data)["pred"]
+    assert out.dtype == torch.float16 and out.data_ptr() == probs.data_ptr()  # in place
+    label = out.float().argmax(0).numpy()
+    assert (label[5:35, 5:35, :6] > 0).mean() > 0.95  # the liver stays
+    assert not (label[10:30, 10:30, 7:9] > 0).any()  # the other component is background
+    # the foreground keeps the network's liver : lesion split
+    inside = out[:, 20, 20, 2].float()
+    assert torch.isclose(inside[1] / inside[2], torch.tensor(9.0), rtol=0.02)

@@ -204,7 +204,8 @@ class DenseCRFd(MapTransform):
     It runs on the box of the network's largest foreground component plus
     ``margin_mm`` (farther away the component step removes whatever it draws),
     with the network's other foreground components set to background:
-    about 1-2 s for a 512x512x44 volume on 2 CPU cores. The intensity sigma is
+    on voxels of at least ``pixel_mm`` along each axis: about 1 s for a
+    512x512x44 volume on 2 CPU cores. The intensity sigma is
     0.05 of the HU window (20 HU); chosen on synthetic phantoms (docs/RESULTS.md).
     With ``foreground_only`` it decides background against liver + lesion (2
     classes, half the filtering), and the foreground keeps the network's
@@ -241,50 +242,72 @@ class DenseCRFd(MapTransform):
         d = dict(data)
         image = d[self.image_key]
         spacing = _spacing(image)
-        img = np.asarray(image[0].cpu() if torch.is_tensor(image) else image[0], dtype=np.float32)
+        # the CRF's voxels: at least pixel_mm along each axis (finer ones are averaged down for it, its
+        # result interpolated back; the network saw the slice at 192 pixels anyway)
+        factor = tuple(int(f) for f in np.maximum(1, np.floor(self.pixel_mm / spacing)))
+        img = torch.as_tensor(image[0] if torch.is_tensor(image) else np.asarray(image)[0])
         for key in self.key_iterator(d):
-            # in place, in the maps' own dtype (float16 in the app): a float32 copy of a 512x512x400
-            # volume's maps would be 1.2 GB more; only the box is worked on in float32
-            p = d[key].detach().cpu().numpy() if torch.is_tensor(d[key]) else np.asarray(d[key])
-            foreground = np.maximum(p[1], p[2]) > p[0]
-            liver = largest_component(foreground)
+            # in place, in the maps' own dtype (float16 in the app), slab by slab: a float32 copy of a
+            # 512x512x400 volume's maps would be 1.2 GB more than the server's memory budget allows
+            t = torch.as_tensor(d[key])
+            fg = _pooled(t, factor, lambda c: (torch.maximum(c[1], c[2]) > c[0]).float()[None], "max")[0] > 0
+            fg = fg.numpy()
+            liver = largest_component(fg)
             box = _bbox(liver)
             if box is None:
                 continue
-            margin = np.ceil(self.margin_mm / spacing).astype(int)
-            box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, p.shape[1:]))
+            margin = np.ceil(self.margin_mm / (spacing * factor)).astype(int)
+            box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, fg.shape))
+            full = tuple(slice(b.start * f, min(n, b.stop * f)) for b, f, n in zip(box, factor, t.shape[1:]))
+            sub = t[(slice(None),) + full]  # a view
+            pc = _pooled(sub, factor, lambda c: c, "avg").numpy()
             # the network's other components are background here: the CRF moves the liver's boundary
             # but cannot bridge a gap to another organ the network took for liver (the heart above
             # the dome, measured) that the largest-component step would otherwise have removed
-            p[:, foreground & ~liver] = np.array([1, 0, 0], p.dtype)[:, None]
-            del foreground, liver
-            inside = (slice(None),) + box
-            pb = p[inside].astype(np.float32)
+            pc[:, fg[box] & ~liver[box]] = np.array([1, 0, 0], np.float32)[:, None]
+            ic = _pooled(img[full][None], factor, lambda c: c, "avg")[0].numpy()
+            del fg, liver
             if self.foreground_only:  # background vs liver + lesion, split as the network split them
-                fg = pb[1] + pb[2]
-                q = self._crf(np.stack([pb[0], fg]), img[box], spacing)
-                pb[1:] *= q[1] / np.maximum(fg, 1e-6)
-                pb[0] = q[0]
-                p[inside] = pb
-            else:
-                p[inside] = self._crf(pb, img[box], spacing)
+                pc = np.stack([pc[0], pc[1] + pc[2]])
+            q = torch.from_numpy(dense_crf_3d(pc, ic, spacing * factor, self.iterations,
+                                              self.ss, self.bs, self.bi, self.ws, self.wb))
+            del pc, ic
+            _write_back(sub, q, factor, self.foreground_only)
         return d
 
-    def _crf(self, probs: np.ndarray, image: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-        """dense_crf_3d on in-plane pixels of about ``pixel_mm`` (finer slices are area-averaged
-        down for it, and its result interpolated back): the network saw the slice at 192 pixels."""
-        factor = np.maximum(1, np.floor(self.pixel_mm / spacing[:2])).astype(int)
-        if (factor == 1).all():
-            return dense_crf_3d(probs, image, spacing, self.iterations, self.ss, self.bs, self.bi, self.ws, self.wb)
-        size = tuple(int(-(-n // f)) for n, f in zip(probs.shape[1:3], factor))
-        # (Z, C, X, Y): torch resizes the in-plane axes of every slice at once
-        planes = torch.from_numpy(np.concatenate([probs, image[None]])).permute(3, 0, 1, 2)
-        small = F.interpolate(planes, size=size, mode="area").permute(1, 2, 3, 0).numpy()
-        coarse = spacing * np.array([probs.shape[1] / size[0], probs.shape[2] / size[1], 1.0])
-        q = dense_crf_3d(small[:-1], small[-1], coarse, self.iterations, self.ss, self.bs, self.bi, self.ws, self.wb)
-        q = F.interpolate(torch.from_numpy(q).permute(3, 0, 1, 2), size=probs.shape[1:3], mode="bilinear",
-                          align_corners=False)
-        return q.permute(1, 2, 3, 0).numpy()
+
+def _pooled(t: torch.Tensor, factor, fn, mode: str, chunk: int = 8) -> torch.Tensor:
+    """``fn`` of (C, X, Y, Z) maps in float32, pooled by ``factor`` (mean or max), slab by slab along z."""
+    pool = F.avg_pool3d if mode == "avg" else F.max_pool3d
+    step = chunk * factor[2]
+    out = []
+    for z0 in range(0, t.shape[-1], step):
+        x = fn(t[..., z0 : z0 + step].float())
+        out.append(pool(x[None], factor, factor, ceil_mode=True)[0] if factor != (1, 1, 1) else x)
+    return torch.cat(out, -1)
+
+
+def _write_back(sub: torch.Tensor, q: torch.Tensor, factor, foreground_only: bool, chunk: int = 8):
+    """Write the CRF's coarse result ``q`` into the (C, X, Y, Z) maps ``sub`` in place, slab by slab:
+    each slab of ``q`` (with one coarse slice either side) is interpolated by the exact ``factor``
+    and cropped, so the slabs join as one interpolation of the whole volume would."""
+    nz = q.shape[-1]
+    for c0 in range(0, nz, chunk):
+        c1 = min(nz, c0 + chunk)
+        e0, e1 = max(0, c0 - 1), min(nz, c1 + 1)
+        up = q[..., e0:e1]
+        if factor != (1, 1, 1):
+            up = F.interpolate(up[None], scale_factor=factor, mode="trilinear",
+                                                 align_corners=False)[0]
+        z0, z1 = c0 * factor[2], min(sub.shape[-1], c1 * factor[2])
+        up = up[:, : sub.shape[1], : sub.shape[2], (c0 - e0) * factor[2] : (c0 - e0) * factor[2] + z1 - z0]
+        if foreground_only:
+            probs = sub[..., z0:z1].float()
+            probs[1:] *= up[1] / (probs[1] + probs[2]).clamp_min(1e-6)
+            probs[0] = up[0]
+            sub[..., z0:z1] = probs.to(sub.dtype)
+        else:
+            sub[..., z0:z1] = up.to(sub.dtype)
 
 
 def _spacing(image) -> np.ndarray:
@@ -307,19 +330,20 @@ def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
     q = probs.copy()
     shape = q.shape[1:]
     n_bins = max(2, int(np.ceil(1.0 / bi)) + 1)
-    bin_idx = np.clip(np.rint(image / bi), 0, n_bins - 1).astype(np.int64)
     cell = np.maximum(1, np.floor(bs / spacing / 2)).astype(int)
     coarse = tuple(-(-n // c) for n, c in zip(shape, cell))
-    strides = np.cumprod((1,) + coarse[::-1])[::-1]  # of the flat (bin, x, y, z) grid
-    splat = bin_idx * strides[0]  # each voxel's cell
+    strides = np.cumprod((1,) + coarse[::-1])[::-1].astype(np.int32)  # of the flat (bin, x, y, z) grid
+    # int32 indices: half the memory of int64, and the grid stays far below 2**31 cells
+    own_bin = np.clip(np.rint(image / bi), 0, n_bins - 1).astype(np.int32) * strides[0]
+    splat = own_bin  # each voxel's cell
     corners = []  # per axis: (cell index * stride, weight) pairs of the linear read-back
     for ax, (c, m) in enumerate(zip(cell, coarse)):
         view = [1] * len(shape)
         view[ax] = shape[ax]
-        i = np.arange(shape[ax])
+        i = np.arange(shape[ax], dtype=np.int32)
         splat = splat + (i // c).reshape(view) * strides[ax + 1]
         u = np.clip((i + 0.5) / c - 0.5, 0, m - 1)  # voxel centre in cell units
-        i0 = np.floor(u).astype(np.int64)
+        i0 = np.floor(u).astype(np.int32)
         w = (u - i0).astype(np.float32)
         pairs = [((i0 * strides[ax + 1]).reshape(view), (1 - w).reshape(view))]
         if c > 1:
@@ -327,7 +351,6 @@ def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
             pairs.append(((i1 * strides[ax + 1]).reshape(view), w.reshape(view)))
         corners.append(pairs)
     splat = splat.ravel()
-    own_bin = bin_idx * strides[0]
     grid_sigma = (1.0,) + tuple(bs / spacing / cell)
 
     def bilateral(values):
@@ -344,7 +367,7 @@ def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
     norm = np.maximum(bilateral(None), eps)  # the filter's weight at each voxel
     sigma_s = ss / spacing
     for _ in range(iterations):
-        msg = np.empty_like(q)
+        energy = np.empty_like(q)
         # both filters are linear and keep constants, and the classes sum to 1: the last class's
         # filtered map is 1 minus the others' (one filter pass fewer per iteration)
         rest = np.full(shape, ws + wb, np.float32)
@@ -355,13 +378,12 @@ def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
                 rest -= filtered
             else:
                 filtered = rest
-            msg[c] = filtered - (ws + wb) * q[c]
-        # Potts compatibility: agreement with same-label neighbours lowers a label's energy
-        energy = unary - msg
+            # Potts compatibility: agreement with same-label neighbours lowers a label's energy
+            energy[c] = unary[c] - (filtered - (ws + wb) * q[c])
         energy -= energy.min(0, keepdims=True)
-        q = np.exp(-energy)
+        q = np.exp(-energy, out=energy)
         q /= q.sum(0, keepdims=True)
-    return q.astype(np.float32)
+    return q.astype(np.float32, copy=False)
 
 
 class RestoreOrientationd(MapTransform):
