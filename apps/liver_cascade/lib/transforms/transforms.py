@@ -247,33 +247,37 @@ class DenseCRFd(MapTransform):
         factor = tuple(int(f) for f in np.maximum(1, np.floor(self.pixel_mm / spacing)))
         img = torch.as_tensor(image[0] if torch.is_tensor(image) else np.asarray(image)[0])
         for key in self.key_iterator(d):
-            # in place, in the maps' own dtype (float16 in the app), slab by slab: a float32 copy of a
-            # 512x512x400 volume's maps would be 1.2 GB more than the server's memory budget allows
-            t = torch.as_tensor(d[key])
-            fg = _pooled(t, factor, lambda c: (torch.maximum(c[1], c[2]) > c[0]).float()[None], "max")[0] > 0
-            fg = fg.numpy()
-            liver = largest_component(fg)
-            box = _bbox(liver)
-            if box is None:
-                continue
-            margin = np.ceil(self.margin_mm / (spacing * factor)).astype(int)
-            box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, fg.shape))
-            full = tuple(slice(b.start * f, min(n, b.stop * f)) for b, f, n in zip(box, factor, t.shape[1:]))
-            sub = t[(slice(None),) + full]  # a view
-            pc = _pooled(sub, factor, lambda c: c, "avg").numpy()
-            # the network's other components are background here: the CRF moves the liver's boundary
-            # but cannot bridge a gap to another organ the network took for liver (the heart above
-            # the dome, measured) that the largest-component step would otherwise have removed
-            pc[:, fg[box] & ~liver[box]] = np.array([1, 0, 0], np.float32)[:, None]
-            ic = _pooled(img[full][None], factor, lambda c: c, "avg")[0].numpy()
-            del fg, liver
-            if self.foreground_only:  # background vs liver + lesion, split as the network split them
-                pc = np.stack([pc[0], pc[1] + pc[2]])
-            q = torch.from_numpy(dense_crf_3d(pc, ic, spacing * factor, self.iterations,
-                                              self.ss, self.bs, self.bi, self.ws, self.wb))
-            del pc, ic
-            _write_back(sub, q, factor, self.foreground_only)
+            with torch.inference_mode():  # the app's maps are inference tensors, updated in place
+                self._refine(d[key], img, spacing, factor)
         return d
+
+    def _refine(self, t: torch.Tensor, img: torch.Tensor, spacing: np.ndarray, factor) -> None:
+        """The CRF on one (C, X, Y, Z) probability map, in place."""
+        # in place, in the maps' own dtype (float16 in the app), slab by slab: a float32 copy of a
+        # 512x512x400 volume's maps would be 1.2 GB more than the server's memory budget allows
+        fg = _pooled(t, factor, lambda c: (torch.maximum(c[1], c[2]) > c[0]).float()[None], "max")[0] > 0
+        fg = fg.numpy()
+        liver = largest_component(fg)
+        box = _bbox(liver)
+        if box is None:
+            return
+        margin = np.ceil(self.margin_mm / (spacing * factor)).astype(int)
+        box = tuple(slice(max(0, b.start - m), min(n, b.stop + m)) for b, m, n in zip(box, margin, fg.shape))
+        full = tuple(slice(b.start * f, min(n, b.stop * f)) for b, f, n in zip(box, factor, t.shape[1:]))
+        sub = t[(slice(None),) + full]  # a view
+        pc = _pooled(sub, factor, lambda c: c, "avg").numpy()
+        # the network's other components are background here: the CRF moves the liver's boundary
+        # but cannot bridge a gap to another organ the network took for liver (the heart above
+        # the dome, measured) that the largest-component step would otherwise have removed
+        pc[:, fg[box] & ~liver[box]] = np.array([1, 0, 0], np.float32)[:, None]
+        ic = _pooled(img[full][None], factor, lambda c: c, "avg")[0].numpy()
+        del fg, liver
+        if self.foreground_only:  # background vs liver + lesion, split as the network split them
+            pc = np.stack([pc[0], pc[1] + pc[2]])
+        q = torch.from_numpy(dense_crf_3d(pc, ic, spacing * factor, self.iterations,
+                                          self.ss, self.bs, self.bi, self.ws, self.wb))
+        del pc, ic
+        _write_back(sub, q, factor, self.foreground_only)
 
 
 def _pooled(t: torch.Tensor, factor, fn, mode: str, chunk: int = 8) -> torch.Tensor:
@@ -297,8 +301,7 @@ def _write_back(sub: torch.Tensor, q: torch.Tensor, factor, foreground_only: boo
         e0, e1 = max(0, c0 - 1), min(nz, c1 + 1)
         up = q[..., e0:e1]
         if factor != (1, 1, 1):
-            up = F.interpolate(up[None], scale_factor=factor, mode="trilinear",
-                                                 align_corners=False)[0]
+            up = F.interpolate(up[None], scale_factor=factor, mode="trilinear", align_corners=False)[0]
         z0, z1 = c0 * factor[2], min(sub.shape[-1], c1 * factor[2])
         up = up[:, : sub.shape[1], : sub.shape[2], (c0 - e0) * factor[2] : (c0 - e0) * factor[2] + z1 - z0]
         if foreground_only:
