@@ -23,7 +23,7 @@ def as_bool(value) -> bool:
 
 # the 3D dense CRF after the cascade, by mode (the first is the default):
 #   liver: it redraws the liver's boundary; the lesions stay the network's (not in the paper;
-#          measured: +1.2 to +3.3 points of liver Dice on every phantom and real case, lesions unchanged)
+#          measured in docs/RESULTS.md, "The liver CRF")
 #   paper: it decides every class (the paper's ablation row: it hurt lesions)
 #   off:   the network's argmax
 CRF_MODES: Tuple[str, ...] = ("liver", "paper", "off")

@@ -1,5 +1,6 @@
 """The paper's Table 2 on any labelled dataset: VGG-FCN, ResNet, cascade, cascade + 3D CRF,
-cascade + multi-scale; liver and lesion Dice and Jaccard per row.
+cascade + multi-scale (without the app's default liver CRF), then our rows; liver and lesion Dice
+and Jaccard per row.
 
     python apps/liver_cascade/lib/evaluation/ablation.py --model-dir apps/liver_cascade/model \\
         --data sample-data/generated/lits --out docs/results/ablation_phantoms [--cases 2]
