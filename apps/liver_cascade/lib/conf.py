@@ -29,21 +29,28 @@ def as_bool(value) -> bool:
 CRF_MODES: Tuple[str, ...] = ("liver", "paper", "off")
 
 
-def parse_crf(value, keep_lesions=None) -> str:
-    """A CRF mode from a request or --conf value: one of CRF_MODES (a list: its first), or a switch
-    as before modes existed (true: "paper", or "liver" with ``keep_lesions`` true; false: "off")."""
+def parse_choice(name: str, value, choices: Tuple[str, ...]) -> str:
+    """A request option offered as a list in the model config (Slicer shows a choice): one of
+    ``choices``; the config's list itself (a request that did not choose) or nothing means its first."""
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     if value is None or value == "":
-        return CRF_MODES[0]
+        return choices[0]
     text = str(value).strip().lower()
-    if text in CRF_MODES:
-        return text
+    if text not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return text
+
+
+def parse_crf(value, keep_lesions=None) -> str:
+    """A CRF mode from a request or --conf value: one of CRF_MODES, or a switch as before modes
+    existed (true: "paper", or "liver" with ``keep_lesions`` true; false: "off")."""
+    text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return "liver" if as_bool(keep_lesions) else "paper"
     if text in ("0", "false", "no"):
         return "off"
-    raise ValueError(f"crf must be one of {CRF_MODES} (or true/false), got {value!r}")
+    return parse_choice("crf", value, CRF_MODES)
 
 
 def parse_scales(value, preset: str) -> Tuple[int, ...]:

@@ -27,7 +27,7 @@ from monai.transforms import (
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.conf import CRF_MODES, AppConf, as_bool, parse_crf, parse_scales
+from lib.conf import CRF_MODES, AppConf, as_bool, parse_choice, parse_crf, parse_scales
 from lib.evaluation.lesion_report import lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
@@ -195,6 +195,7 @@ class LiverSegmentation(BasicInferTask):
             raise InvalidRequestError(f"scales: {e}") from e
         try:
             parse_crf(request.get("crf"), request.get("crf_keep_lesions"))
+            parse_choice("background_click", request.get("background_click"), BACKGROUND_CLICK_MODES)
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         try:
@@ -236,10 +237,7 @@ class LiverSegmentation(BasicInferTask):
             if torch.is_tensor(data.get("label")):
                 corrected = (data["label"][0] > 0).to(torch.float16).to(liver_map.device)
             fg, bg = self._clicks(data, image, (h, w, n))
-            mode = data.get("background_click") or BACKGROUND_CLICK_MODES[0]
-            mode = str(mode[0] if isinstance(mode, (list, tuple)) else mode)  # the config's list: its default
-            if mode not in BACKGROUND_CLICK_MODES:
-                raise InvalidRequestError(f"background_click must be one of {BACKGROUND_CLICK_MODES}, got {mode!r}")
+            mode = parse_choice("background_click", data.get("background_click"), BACKGROUND_CLICK_MODES)
             if fg or bg:
                 spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
                 lesion_map = encode_clicks(lesion_map.cpu().float(), fg, bg, spacing).half()

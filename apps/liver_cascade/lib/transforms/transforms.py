@@ -183,11 +183,13 @@ class DropSmallLesionsd(MapTransform):
         min_ml = float(d.get("min_lesion_ml", self.min_ml))
         for key in self.key_iterator(d):
             lab = d[key]
+            if min_ml <= 0:
+                continue
             arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
             comps, n = ndimage.label(arr == LABELS["lesion"], structure=np.ones((3, 3, 3)))
-            if not n or min_ml <= 0:
+            if not n:
                 continue
-            voxel_ml = float(np.prod(np.linalg.norm(np.asarray(lab.affine, dtype=float)[:3, :3], axis=0))) / 1000.0
+            voxel_ml = float(np.prod(_spacing(lab))) / 1000.0
             small = np.bincount(comps.ravel()) * voxel_ml < min_ml
             small[0] = False
             out = torch.from_numpy(np.where(small[comps], LABELS["liver"], arr).astype(np.uint8))[None]
