@@ -37,6 +37,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import ConvexHull, QhullError
 
+from lib.evaluation.metrics import bounding_box
 from lib.settings import LABELS
 
 REPORT_CSV_FIELDS = [
@@ -167,18 +168,22 @@ def lesion_report(
     vox_ml = voxel_volume_ml(affine)
 
     lesion = label == LABELS["lesion"]
-    liver_voxels = int(np.count_nonzero((label == LABELS["liver"]) | lesion))
     lesion_voxels = int(np.count_nonzero(lesion))
-    comps, n = ndimage.label(lesion, structure=np.ones((3, 3, 3), dtype=bool))
+    liver_voxels = int(np.count_nonzero(label == LABELS["liver"])) + lesion_voxels
+    # components labelled on the lesions' bounding box: a full-volume int32 label map is 400 MB at
+    # 512x512x400 (and the labelling 10x slower)
+    region = bounding_box(lesion) or tuple(slice(0, 1) for _ in range(3))  # one background voxel
+    comps, n = ndimage.label(lesion[region], structure=np.ones((3, 3, 3), dtype=bool))
     sizes = np.bincount(comps.ravel(), minlength=n + 1)
     kept = [k for k in range(1, n + 1) if sizes[k] * vox_ml >= min_volume_ml]
     kept.sort(key=lambda k: (-sizes[k], k))
-    boxes = ndimage.find_objects(comps)
+    local_boxes = ndimage.find_objects(comps)
 
     lesions: List[Dict[str, Any]] = []
     for rank, k in enumerate(kept, start=1):
-        box = boxes[k - 1]
-        inside = comps[box] == k
+        local = local_boxes[k - 1]
+        box = tuple(slice(b.start + r.start, b.stop + r.start) for b, r in zip(local, region))  # in ``label``
+        inside = comps[local] == k
         idx = np.argwhere(inside) + np.array([s.start for s in box])
         centroid_vox = idx.mean(axis=0)
         centroid = affine[:3, :3] @ centroid_vox + affine[:3, 3]

@@ -50,7 +50,7 @@ precision within [0, 1]. For isolated lesions both rules agree.)
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from scipy import ndimage
@@ -93,11 +93,13 @@ def _as_bool(*masks: np.ndarray) -> List[np.ndarray]:
     return out
 
 
-def _bbox(mask: np.ndarray) -> Tuple[slice, ...]:
-    """Bounding box (slices) of the True voxels of a non-empty mask."""
+def bounding_box(mask: np.ndarray) -> Optional[Tuple[slice, ...]]:
+    """Bounding box (slices) of the True voxels of ``mask``; None when it has none."""
     box = []
     for axis in range(mask.ndim):
         hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if len(hit) == 0:
+            return None
         box.append(slice(int(hit[0]), int(hit[-1]) + 1))
     return tuple(box)
 
@@ -191,7 +193,7 @@ def surface_distances(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float
         return {"assd": 0.0, "msd": 0.0}
     if not has_p or not has_r:
         return {"assd": float("inf"), "msd": float("inf")}
-    box = _bbox(p | r)
+    box = bounding_box(p | r)
     # Crop around both masks and pad with background: erosion treats the array border as
     # background, so masks touching the crop (or volume) border keep their boundary there.
     p, r = np.pad(p[box], 1), np.pad(r[box], 1)
@@ -225,7 +227,7 @@ def detection(
     """
     p, r = _as_bool(pred_lesion, ref_lesion)
     if p.any() or r.any():  # components and overlaps only need the box around both masks
-        box = _bbox(p | r)
+        box = bounding_box(p | r)
         p, r = p[box], r[box]
     pl, n_p = connected_lesions(p)
     rl, n_r = connected_lesions(r)

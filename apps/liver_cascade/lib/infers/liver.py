@@ -282,6 +282,7 @@ class LiverSegmentation(BasicInferTask):
                                        out=probs, device=device, amp=amp, box=box)
             timings["stage2"] = round(time.time() - t0, 3)
             timings["stage2_slices"] = len(idx)
+            del liver_map, lesion_map, liver_dev, lesion_dev  # 400 MB at 400 slices, not needed by the CRF
         if corrected is not None:
             # keep the annotator's liver as is; inside it, stage two decides lesion vs liver
             probs = within_liver(probs, corrected.to(probs.device)).to(torch.float16)
@@ -299,6 +300,10 @@ class LiverSegmentation(BasicInferTask):
             pred = DenseCRFd(keys="pred", foreground_only=crf == "liver")({"pred": pred, "image": image})["pred"]
             timings["crf"] = round(time.time() - t0, 3)
         timings["crf_mode"] = crf
+        # nothing reads the float32 image after this (400 MB at 400 slices): post-processing needs only its
+        # geometry (RestoreOrientationd), and the lesion report and clicks read image_hu
+        data["image"] = geometry_only(image)
+        del image, vol, vol_dev
         if as_bool(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
             data["probs"] = pred
         # probabilities -> LiTS labels here, not in post: the 3-class map is freed before post-processing
@@ -354,6 +359,11 @@ class LiverSegmentation(BasicInferTask):
         if "lesion_report" in data:
             result["lesion_report"] = data["lesion_report"]
         return path, result
+
+
+def geometry_only(image: MetaTensor) -> MetaTensor:
+    """A stand-in for ``image`` with its shape and metadata but no voxel memory (a broadcast zero)."""
+    return MetaTensor(torch.zeros((), dtype=image.dtype).expand(image.shape), meta=image.meta)
 
 
 class EnforceClicksd:

@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRanged
 from scipy import ndimage
 
+from lib.evaluation.metrics import bounding_box
 from lib.settings import HU_WINDOW, LABELS, LIVER_BOX_MARGIN, LIVER_BOX_MIN_MARGIN
 
 logger = logging.getLogger(__name__)
@@ -31,18 +32,6 @@ def hu_window(keys: KeysCollection = "image") -> ScaleIntensityRanged:
     return ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True)
 
 
-def _bbox(mask: np.ndarray):
-    """Slices of the bounding box of ``mask`` (None when empty)."""
-    if not mask.any():
-        return None
-    box = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        box.append(slice(idx[0], idx[-1] + 1))
-    return tuple(box)
-
-
 def fill_holes_per_slice(mask: np.ndarray, axis: int = -1) -> np.ndarray:
     """2D hole filling of a boolean volume, one slice along ``axis`` at a time.
 
@@ -51,7 +40,7 @@ def fill_holes_per_slice(mask: np.ndarray, axis: int = -1) -> np.ndarray:
     """
     mask = np.asarray(mask, dtype=bool)
     out = mask.copy()
-    box = _bbox(mask)
+    box = bounding_box(mask)
     if box is None:
         return out
     axis = axis % mask.ndim
@@ -105,7 +94,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     memory on a 512x512x400 volume).
     """
     out = np.zeros(mask.shape, dtype=bool)
-    box = _bbox(mask)
+    box = bounding_box(mask)
     if box is None:
         return out
     comps, n = ndimage.label(mask[box], structure=np.ones((3,) * mask.ndim, dtype=bool))
@@ -123,15 +112,16 @@ def liver_box(liver, points=()):
     (an (X, Y, Z) map, > 0.5), plus any ``points`` (voxel indices, e.g. clicks), widened by
     LIVER_BOX_MARGIN of its size (at least LIVER_BOX_MIN_MARGIN pixels) and clipped to the slice.
     None when there is no liver: the caller runs on the whole slice."""
-    arr = liver.float().cpu().numpy() if torch.is_tensor(liver) else np.asarray(liver, dtype=np.float32)
-    mask = largest_component(arr > 0.5)
+    # compared in the map's own dtype: a float32 copy of a 512x512x400 map would be 400 MB more
+    above = (liver > 0.5).cpu().numpy() if torch.is_tensor(liver) else np.asarray(liver) > 0.5
+    mask = largest_component(above)
     x_idx, y_idx = np.flatnonzero(mask.any((1, 2))), np.flatnonzero(mask.any((0, 2)))
     xs = [int(round(p[0])) for p in points] + ([int(x_idx[0]), int(x_idx[-1])] if len(x_idx) else [])
     ys = [int(round(p[1])) for p in points] + ([int(y_idx[0]), int(y_idx[-1])] if len(y_idx) else [])
     if not xs:
         return None
     margin = max(LIVER_BOX_MIN_MARGIN, int(round(LIVER_BOX_MARGIN * max(max(xs) - min(xs), max(ys) - min(ys)))))
-    h, w = arr.shape[:2]
+    h, w = above.shape[:2]
     x0, x1 = max(0, min(xs) - margin), min(h, max(xs) + margin + 1)
     y0, y1 = max(0, min(ys) - margin), min(w, max(ys) + margin + 1)
     return x0, x1, y0, y1
@@ -186,14 +176,20 @@ class DropSmallLesionsd(MapTransform):
             if min_ml <= 0:
                 continue
             arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
-            comps, n = ndimage.label(arr == LABELS["lesion"], structure=np.ones((3, 3, 3)))
-            if not n:
+            lesion = arr == LABELS["lesion"]
+            box = bounding_box(lesion)  # labelled on the lesions' box: a full int32 label map is 400 MB at 400 slices
+            if box is None:
                 continue
+            comps, n = ndimage.label(lesion[box], structure=np.ones((3, 3, 3)))
             voxel_ml = float(np.prod(_spacing(lab))) / 1000.0
             small = np.bincount(comps.ravel()) * voxel_ml < min_ml
             small[0] = False
-            out = torch.from_numpy(np.where(small[comps], LABELS["liver"], arr).astype(np.uint8))[None]
-            d[key] = MetaTensor(out, meta=lab.meta) if isinstance(lab, MetaTensor) else out
+            if not small.any():
+                continue
+            out = np.array(arr, dtype=np.uint8)
+            out[box][small[comps]] = LABELS["liver"]
+            t = torch.from_numpy(out)[None]
+            d[key] = MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
         return d
 
 
@@ -260,7 +256,7 @@ class DenseCRFd(MapTransform):
         fg = _pooled(t, factor, lambda c: (torch.maximum(c[1], c[2]) > c[0]).float()[None], "max")[0] > 0
         fg = fg.numpy()
         liver = largest_component(fg)
-        box = _bbox(liver)
+        box = bounding_box(liver)
         if box is None:
             return
         margin = np.ceil(self.margin_mm / (spacing * factor)).astype(int)
