@@ -25,6 +25,8 @@ APP = ROOT / "apps" / "liver_cascade"
 sys.path.insert(0, str(APP))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from lib.conf import CRF_MODES  # noqa: E402
+
 # in-plane flips of an (N, C, H, W) batch: none, each axis, both
 FLIPS: Tuple[Tuple[int, ...], ...] = ((), (2,), (3,), (2, 3))
 
@@ -57,6 +59,7 @@ def main(argv=None):
     ap.add_argument("--scales", default=None, help="test-time scales (default: the preset's)")
     ap.add_argument("--preset", default=None, help="network preset (default: the app's)")
     ap.add_argument("--models", default="liver_resnet,liver_cascade", help="which infer tasks to score")
+    ap.add_argument("--crf", default=None, choices=CRF_MODES, help="CRF mode (default: the app's, the liver CRF)")
     ap.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "real-ct" / "nifti"))
     ap.add_argument("--out", default=str(ROOT / "data-local" / "averaged"))
     args = ap.parse_args(argv)
@@ -79,7 +82,8 @@ def main(argv=None):
 
         task._models.get = averaged
         out = Path(args.out) / f"pred_{args.holdout}_{model}.nii.gz"
-        rows[model] = score(task, img, lab, out, {"scales": args.scales} if args.scales else None)
+        params = {k: v for k, v in (("scales", args.scales), ("crf", args.crf)) if v}
+        rows[model] = score(task, img, lab, out, params or None)
         print(model, json.dumps(rows[model]), flush=True)
     return rows
 

@@ -22,6 +22,7 @@ sys.path.insert(0, str(APP))
 
 sys.path.insert(0, str(ROOT / "sample-data"))
 
+from lib.conf import CRF_MODES  # noqa: E402
 from transfer_labels import PAIRS  # noqa: E402  (the real series: one place)
 
 # labelled real cases in ../shared/real-ct/nifti
@@ -80,7 +81,7 @@ def lits_items(folder):
 
 def score(task, image: Path, label: Path, out: Path, params: dict = None) -> dict:
     """Segment ``image`` with an infer task, write ``out``, and score it against ``label``
-    (the rows of the results JSON, plus the request's seconds); ``params``: infer request keys."""
+    (the rows of the results JSON, plus the request's seconds and CRF mode); ``params``: infer request keys."""
     import nibabel as nib
     import numpy as np
 
@@ -89,11 +90,12 @@ def score(task, image: Path, label: Path, out: Path, params: dict = None) -> dic
 
     spacing = np.linalg.norm(nib.load(str(label)).affine[:3, :3], axis=0)
     t0 = time.time()
-    predict_file(task, str(image), str(out), params)
+    result = predict_file(task, str(image), str(out), params)
     m = evaluate_case(load_label(str(out)), load_label(str(label)), spacing)
     row = {k: m[k] for k in ("liver_dice", "lesion_dice", "liver_assd_mm", "liver_msd_mm",
                              "n_ref_lesions", "n_pred_lesions", "detected_iou0")}
     row["infer_seconds"] = round(time.time() - t0, 2)
+    row["crf"] = (result.get("timings") or {}).get("crf_mode")  # the mode the task ran
     return row
 
 
@@ -129,6 +131,8 @@ def main(argv=None):
     ap.add_argument("--dice-batch", action="store_true",
                     help="the Dice term over the whole batch, not per slice (the dice_batch option)")
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--crf", default=None, choices=CRF_MODES,
+                    help="the held-out scoring's CRF mode (default: the app's, i.e. the liver CRF; off: the networks alone)")
     ap.add_argument("--models", default="liver_resnet,liver_cascade",
                     help="which stages to train (liver_cascade alone: on the stage one already in --model-dir; "
                          "vgg_fcn: the ablation's baseline, trained like stage one)")
@@ -219,7 +223,7 @@ def main(argv=None):
     results = {"holdout": args.holdout, "preset": args.preset, "other_phase": args.other_phase, "finetune": args.finetune,
                "lits": {"cases": len(lits), "validate": args.lits_val} if args.lits else None,
                "epochs": stage_epochs, **{k: v for k, (_, v) in options.items()},
-               "train_seconds": timings, "rows": {}}
+               "train_seconds": timings, "crf": args.crf or "app default", "rows": {}}
     for patient in (sorted(REAL) if args.holdout == "all" else [args.holdout]):
         img, lab = (Path(args.real_dir) / f for f in REAL[patient])
         if not (img.exists() and lab.exists()):
@@ -232,7 +236,7 @@ def main(argv=None):
                 print(f"{model}: no weights in {args.model_dir}, not evaluated", flush=True)
                 continue
             out = work / f"pred_{model}{'_' + patient if args.holdout == 'all' else ''}.nii.gz"
-            rows[model] = score(task, img, lab, out)
+            rows[model] = score(task, img, lab, out, {"crf": args.crf} if args.crf else None)
             print(patient, model, json.dumps(rows[model]), flush=True)
         if args.holdout == "all":  # rows per tested patient
             results["rows"][patient] = rows

@@ -89,7 +89,7 @@ def test_lits_path_end_to_end(tmp_path, capfd, monkeypatch):
                      "--real-dir", str(real), "--num-workers", "2", "--epochs1", "1", "--epochs2", "1", "--model-dir", "model",
                      "--models", "vgg_fcn,liver_resnet,liver_cascade",
                      "--work", str(tmp_path / "work"), "--results", str(results),
-                     "--dice-batch", "--lesion-weight", "3", "--lesion-ratio", "2"]) == 0
+                     "--dice-batch", "--lesion-weight", "3", "--lesion-ratio", "2", "--crf", "off"]) == 0
     log = capfd.readouterr()
     assert "liver_resnet: 2 training volumes" in log.err + log.out and "2 loader worker(s)" in log.err + log.out
     # the recipe options reach the trainer's request and name the run
@@ -100,6 +100,8 @@ def test_lits_path_end_to_end(tmp_path, capfd, monkeypatch):
     for rows in out["rows"].values():
         assert set(rows) == {"vgg_fcn", "liver_resnet", "liver_cascade"}  # the ablation's baseline too
         assert all(0.0 <= r["liver_dice"] <= 1.0 for r in rows.values())
+        assert all(r["crf"] == "off" for r in rows.values())  # --crf reached every scoring request
+    assert out["crf"] == "off"
     train = json.loads((tmp_path / "work" / "holdout_all" / "lits_db1_lw3_lesr2" / "train.json").read_text())
     val = json.loads((tmp_path / "work" / "holdout_all" / "lits_db1_lw3_lesr2" / "val.json").read_text())
     assert _names(val) == ["liver_000.nii.gz"] and _names(train) == ["liver_001.nii.gz", "liver_002.nii.gz"]
