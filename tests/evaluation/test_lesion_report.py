@@ -104,6 +104,22 @@ def test_ordering_ids_and_min_volume():
     assert lesion_report(lab, aff, min_volume_ml=100)["n_lesions"] == 0
 
 
+def test_mean_hu_and_confidence_are_each_lesions_own():
+    """Components are labelled on the lesions' bounding box; what is read per lesion (HU, confidence)
+    must still come from that lesion's voxels of the whole volume."""
+    spacing = (0.8, 0.8, 2.5)
+    lab, aff = liver_volume((100, 80, 30), spacing)
+    hu = np.full(lab.shape, 60, np.int16)
+    prob = np.zeros(lab.shape, np.float16)
+    for (centre, value, p) in (((30, 50, 12), 20, 0.25), ((70, 20, 20), 110, 0.75)):
+        m = ellipsoid(lab.shape, centre, (5, 5, 6), spacing)
+        lab[m], hu[m], prob[m] = LESION, value, p
+    rep = lesion_report(lab, aff, image_hu=hu, lesion_prob=prob)
+    assert sorted((les["mean_hu"], les["mean_confidence"]) for les in rep["lesions"]) == [(20.0, 0.25), (110.0, 0.75)]
+    by_hu = {les["mean_hu"]: les for les in rep["lesions"]}
+    assert by_hu[20.0]["centroid_voxel"] == pytest.approx([30, 50, 12]) and by_hu[110.0]["axial_slice"] == 20
+
+
 def test_lesion_cut_by_volume_edge():
     spacing = (1.0, 1.0, 2.0)
     lab, aff = liver_volume((60, 60, 20), spacing)
