@@ -55,6 +55,9 @@ def test_scales_are_checked():
     assert parse_scales("192, 208", "lite") == (192, 208)
     with pytest.raises(ValueError):
         parse_scales("16", "lite")
+    for bad in ([None], float("inf"), "1e400", [[192]]):  # a ValueError, answered 400, never a TypeError
+        with pytest.raises(ValueError, match="scales must be integers"):
+            parse_scales(bad, "lite")
 
 
 def test_crf_modes_default_to_liver_and_read_the_old_switches(tmp_path):
@@ -64,5 +67,7 @@ def test_crf_modes_default_to_liver_and_read_the_old_switches(tmp_path):
     assert parse_crf("true") == "paper" and parse_crf("true", "true") == "liver"  # before modes existed
     assert parse_crf(["off", "liver", "paper"]) == "off"  # the config's list sent back: its first
     assert parse_crf(None) == parse_crf("") == "liver"
+    assert parse_crf(None, default="off") == parse_crf("", default="off") == "off"  # the server's --conf crf
+    assert parse_crf("paper", default="off") == "paper"
     with pytest.raises(ValueError, match="crf must be one of"):
         parse_crf("sometimes")

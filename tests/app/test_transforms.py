@@ -157,6 +157,48 @@ def test_drop_small_lesions_relabels_them_liver_by_volume_in_ml():
     assert (keep == 2).sum() == 152  # the request's min_lesion_ml wins
 
 
+def test_drop_small_lesions_measures_volume_as_the_report_does_on_a_tilted_gantry():
+    """Voxel volume from |det| of the affine, as the lesion report: with a gantry tilt the product of
+    the column lengths is larger, and a lesion could be drawn but missing from the report."""
+    from monai.data import MetaTensor
+
+    from lib.evaluation.lesion_report import lesion_report
+    from lib.transforms.transforms import DropSmallLesionsd
+
+    lab = np.ones((20, 20, 10), np.uint8)
+    lab[5:10, 5:9, 4] = 2  # 20 voxels
+    affine = np.diag([0.7, 0.7, 2.5, 1.0])
+    tilt = np.radians(25)
+    affine[1, 2], affine[2, 2] = 2.5 * np.sin(tilt), 2.5 * np.cos(tilt)  # sheared: slices tilted in y
+    affine[:3, 2] *= 2.5 / np.linalg.norm(affine[:3, 2])
+    voxel = abs(np.linalg.det(affine[:3, :3])) / 1000
+    for min_ml in (19.5 * voxel, 20.5 * voxel):  # around the lesion's volume by |det|
+        d = {"pred": MetaTensor(torch.from_numpy(lab)[None], affine=torch.from_numpy(affine)), "min_lesion_ml": min_ml}
+        drawn = int((np.asarray(DropSmallLesionsd("pred", min_ml=0.0)(d)["pred"][0]) == 2).sum())
+        listed = lesion_report(lab, affine, min_volume_ml=min_ml)["n_lesions"]
+        assert (drawn, listed) == ((20, 1) if min_ml < 20 * voxel else (0, 0))
+
+
+def test_dense_crf_runs_on_thin_slices_whatever_the_slice_count():
+    """At 0.625 mm the CRF pools 2 slices per cell, in slabs of 16: a last slab of one slice (17, 33
+    slices; or a single-slice volume) once made torch's pooling refuse a kernel larger than its input."""
+    from monai.data import MetaTensor
+
+    from lib.transforms.transforms import DenseCRFd
+
+    for nz in (1, 17, 33):
+        img = torch.zeros(1, 20, 20, nz)
+        img[:, 5:15, 5:15] = 0.6
+        probs = torch.zeros(3, 20, 20, nz, dtype=torch.float16)
+        probs[0] = 1
+        probs[:, 6:14, 6:14] = torch.tensor([0.2, 0.8, 0.0], dtype=torch.float16)[:, None, None, None]
+        affine = torch.diag(torch.tensor([0.7, 0.7, 0.625, 1.0], dtype=torch.float64))
+        d = {"pred": MetaTensor(probs, affine=affine), "image": MetaTensor(img, affine=affine)}
+        out = DenseCRFd(keys="pred", foreground_only=True)(d)["pred"]
+        assert out.shape == (3, 20, 20, nz) and bool(torch.isfinite(out.float()).all())
+        assert float(out[1, 10, 10].min()) > 0.5  # the liver's centre stays liver
+
+
 def test_dense_crf_moves_a_misplaced_boundary_to_the_intensity_edge():
     # bright tissue for x < 30, dark beyond; the network's liver overshoots to x < 36
     from lib.transforms.transforms import dense_crf_3d
@@ -208,3 +250,14 @@ def test_dense_crfd_joins_no_other_component_to_the_liver_and_works_in_place():
     # the foreground keeps the network's liver : lesion split
     inside = out[:, 20, 20, 2].float()
     assert torch.isclose(inside[1] / inside[2], torch.tensor(9.0), rtol=0.02)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.float64, torch.int16])
+def test_keep_hu_stores_int16_from_any_input_dtype(dtype):
+    """A uint8 volume (sent with allow_non_ct) once failed here with HTTP 500: clamping to the
+    int16 range overflowed uint8."""
+    from lib.infers.liver import KeepHUd
+
+    img = torch.tensor([[[[0, 50], [200, 255]]]]).to(dtype)
+    hu = KeepHUd()({"image": img})["image_hu"]
+    assert hu.dtype == torch.int16 and hu.tolist() == [[[0, 50], [200, 255]]]

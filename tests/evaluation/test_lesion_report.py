@@ -120,6 +120,39 @@ def test_mean_hu_and_confidence_are_each_lesions_own():
     assert by_hu[20.0]["centroid_voxel"] == pytest.approx([30, 50, 12]) and by_hu[110.0]["axial_slice"] == 20
 
 
+@pytest.mark.parametrize("layout", ["z_flipped", "axial_first"])
+def test_infer_report_gives_voxel_indices_in_the_files_order(tmp_path, layout):
+    """The infer task reports on the RAS-reoriented label; the indices it returns must be those of
+    the label it returns, which has the file's voxel order."""
+    import nibabel as nib
+    from monai.transforms import EnsureChannelFirstd, LoadImaged, Orientationd
+
+    from lib.infers.liver import LesionReportd
+
+    lab = np.zeros((20, 20, 6), np.uint8)
+    lab[2:18, 2:18] = LIVER
+    lab[5:10, 5:9, 0] = LESION
+    lab[4:11, 5:9, 1] = LESION  # the lesion's longest axial diameter is on file slice 1
+    if layout == "z_flipped":
+        arr, aff = lab, np.diag([0.8, 0.7, -2.5, 1.0])
+    else:
+        arr, aff = np.ascontiguousarray(lab.transpose(2, 1, 0)), np.array(
+            [[0, 0, 0.8, 0], [0, 0.7, 0, 0], [2.5, 0, 0, 0], [0, 0, 0, 1.0]])
+    path = str(tmp_path / "label.nii.gz")
+    nib.save(nib.Nifti1Image(arr, aff), path)
+    d = {"pred": path}
+    for t in (LoadImaged("pred", image_only=False), EnsureChannelFirstd("pred"), Orientationd("pred", axcodes="RAS")):
+        d = t(d)
+    got = LesionReportd(0.0)(d)["lesion_report"]
+    want = lesion_report(arr, aff)  # the same label in the file's own order
+    assert got["axial_axis"] == want["axial_axis"] == (2 if layout == "z_flipped" else 0)
+    assert got["voxel_spacing_mm"] == want["voxel_spacing_mm"]
+    (g,), (w,) = got["lesions"], want["lesions"]
+    for key in ("centroid_voxel", "centroid_mm", "axial_slice", "longest_axial_diameter_mm", "volume_ml"):
+        assert g[key] == pytest.approx(w[key], abs=1e-6), key
+    assert w["axial_slice"] == 1
+
+
 def test_lesion_cut_by_volume_edge():
     spacing = (1.0, 1.0, 2.0)
     lab, aff = liver_volume((60, 60, 20), spacing)

@@ -29,28 +29,30 @@ def as_bool(value) -> bool:
 CRF_MODES: Tuple[str, ...] = ("liver", "paper", "off")
 
 
-def parse_choice(name: str, value, choices: Tuple[str, ...]) -> str:
+def parse_choice(name: str, value, choices: Tuple[str, ...], default: Optional[str] = None) -> str:
     """A request option offered as a list in the model config (Slicer shows a choice): one of
-    ``choices``; the config's list itself (a request that did not choose) or nothing means its first."""
+    ``choices``; the config's list itself (a request that did not choose) means its first; nothing
+    (None, "") means ``default``, else the first choice."""
     if isinstance(value, (list, tuple)):
         value = value[0] if value else None
     if value is None or value == "":
-        return choices[0]
+        return default or choices[0]
     text = str(value).strip().lower()
     if text not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return text
 
 
-def parse_crf(value, keep_lesions=None) -> str:
+def parse_crf(value, keep_lesions=None, default: Optional[str] = None) -> str:
     """A CRF mode from a request or --conf value: one of CRF_MODES, or a switch as before modes
-    existed (true: "paper", or "liver" with ``keep_lesions`` true; false: "off")."""
+    existed (true: "paper", or "liver" with ``keep_lesions`` true; false: "off"); nothing (None, "")
+    means ``default`` (the server's --conf crf for a request), else CRF_MODES' first."""
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
         return "liver" if as_bool(keep_lesions) else "paper"
     if text in ("0", "false", "no"):
         return "off"
-    return parse_choice("crf", value, CRF_MODES)
+    return parse_choice("crf", value, CRF_MODES, default)
 
 
 def parse_scales(value, preset: str) -> Tuple[int, ...]:
@@ -64,7 +66,10 @@ def parse_scales(value, preset: str) -> Tuple[int, ...]:
         value = [value]
     if isinstance(value, str):
         value = [v for v in value.replace(";", ",").split(",") if v.strip()]
-    scales = tuple(int(v) for v in value)
+    try:
+        scales = tuple(int(v) for v in value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"scales must be integers in [32, 2048], got {value!r}") from None
     if not scales or any(s < 32 or s > 2048 for s in scales):
         raise ValueError(f"scales must be integers in [32, 2048], got {value!r}")
     return scales

@@ -226,6 +226,23 @@ def lesion_report(
     }
 
 
+def in_file_voxels(report: Dict[str, Any], affine: np.ndarray, file_affine: np.ndarray) -> Dict[str, Any]:
+    """``report`` computed on a label reoriented from a file (``affine``: the reoriented voxel->world,
+    ``file_affine``: the file's), with its voxel quantities (``centroid_voxel``, ``axial_slice``,
+    ``axial_axis``, ``voxel_spacing_mm``) given in the file's own voxel order, as a viewer shows them.
+    World quantities do not change."""
+    to_file = np.linalg.inv(_check_affine(file_affine)) @ _check_affine(affine)  # voxel -> file voxel
+    ax = int(report["axial_axis"])
+    file_ax = int(np.argmax(np.abs(to_file[:3, ax])))
+    out = dict(report, axial_axis=file_ax, voxel_spacing_mm=[round(float(s), 4) for s in voxel_spacing(file_affine)])
+    out["lesions"] = []
+    for les in report["lesions"]:
+        v = to_file[:3, :3] @ np.asarray(les["centroid_voxel"], dtype=np.float64) + to_file[:3, 3]
+        z = int(round(float(to_file[file_ax, ax] * les["axial_slice"] + to_file[file_ax, 3])))
+        out["lesions"].append(dict(les, centroid_voxel=[round(float(c), 2) for c in v], axial_slice=z))
+    return out
+
+
 # ----------------------------------------------------------------------- rendering
 
 

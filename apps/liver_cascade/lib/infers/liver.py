@@ -28,7 +28,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
 from lib.conf import CRF_MODES, AppConf, as_bool, parse_choice, parse_crf, parse_scales
-from lib.evaluation.lesion_report import lesion_report
+from lib.evaluation.lesion_report import in_file_voxels, lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
 from lib.validation import InputError
@@ -89,7 +89,7 @@ class KeepHUd:
     def __call__(self, data):
         d = dict(data)
         hu = torch.as_tensor(d["image"][0]).as_subclass(torch.Tensor)
-        d["image_hu"] = hu if hu.dtype == torch.int16 else hu.round().clamp(-32768, 32767).to(torch.int16)
+        d["image_hu"] = hu if hu.dtype == torch.int16 else hu.float().round().clamp(-32768, 32767).to(torch.int16)
         return d
 
 
@@ -199,10 +199,16 @@ class LiverSegmentation(BasicInferTask):
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         try:
-            if float(request.get("min_lesion_ml", 0)) < 0:
+            if not float(request.get("min_lesion_ml", 0)) >= 0:  # NaN too
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidRequestError(f"min_lesion_ml must be a volume in mL >= 0, got {request.get('min_lesion_ml')!r}")
+        if "batch_size" in request:
+            try:
+                if int(request["batch_size"]) < 1 or int(request["batch_size"]) != float(request["batch_size"]):
+                    raise ValueError
+            except (TypeError, ValueError, OverflowError):
+                raise InvalidRequestError(f"batch_size must be an integer >= 1, got {request['batch_size']!r}")
         return super().__call__(request, callbacks)
 
     # -- the cascade ----------------------------------------------------------
@@ -291,7 +297,7 @@ class LiverSegmentation(BasicInferTask):
         data["lesion_prob"] = probs[2].cpu().clone()
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
-        crf = parse_crf(data.get("crf", self.conf.crf), data.get("crf_keep_lesions"))
+        crf = parse_crf(data.get("crf"), data.get("crf_keep_lesions"), default=self.conf.crf)
         network_lesions = None
         if crf != "off":
             if crf == "liver":
@@ -407,14 +413,18 @@ class LesionReportd:
         label = np.asarray(pred[0].cpu(), dtype=np.uint8)
         hu = d.get("image_hu")
         prob = d.get("lesion_prob")
-        d["lesion_report"] = lesion_report(
+        affine = np.asarray(pred.affine, dtype=np.float64)
+        report = lesion_report(
             label,
-            np.asarray(pred.affine, dtype=np.float64),
+            affine,
             image_hu=None if hu is None else hu.numpy(),
             lesion_prob=None if prob is None else prob.numpy(),  # float16: averaged per lesion only
             min_volume_ml=float(d.get("min_lesion_ml", self.min_volume_ml)),
             axial_axis=2,
         )
+        # computed on the RAS-oriented label; its voxel indices are given in the file's own order, the
+        # order of the returned label
+        d["lesion_report"] = in_file_voxels(report, affine, pred.meta.get("original_affine", affine))
         return d
 
 

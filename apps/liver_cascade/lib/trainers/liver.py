@@ -182,7 +182,7 @@ class LiverSliceTrainer(BasicTrainTask):
     def network(self, context: Context):
         net = build_network(self.arch, self.preset, self.in_channels)
         init = context.request.get("pretrained_path") or self.app_conf.pretrained_path
-        resume = str(context.request.get("pretrained", True)).lower() in ("1", "true", "yes") and os.path.exists(
+        resume = as_bool(context.request.get("pretrained", True)) and os.path.exists(
             self.publish_file
         )
         path = self.publish_file if resume else init

@@ -20,6 +20,7 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform, ScaleIntensityRanged
 from scipy import ndimage
 
+from lib.evaluation.lesion_report import voxel_volume_ml
 from lib.evaluation.metrics import bounding_box
 from lib.settings import HU_WINDOW, LABELS, LIVER_BOX_MARGIN, LIVER_BOX_MIN_MARGIN
 
@@ -181,7 +182,7 @@ class DropSmallLesionsd(MapTransform):
             if box is None:
                 continue
             comps, n = ndimage.label(lesion[box], structure=np.ones((3, 3, 3)))
-            voxel_ml = float(np.prod(_spacing(lab))) / 1000.0
+            voxel_ml = voxel_volume_ml(np.asarray(lab.affine if isinstance(lab, MetaTensor) else np.eye(4)))
             small = np.bincount(comps.ravel()) * voxel_ml < min_ml
             small[0] = False
             if not small.any():
@@ -285,7 +286,10 @@ def _pooled(t: torch.Tensor, factor, fn, mode: str, chunk: int = 8) -> torch.Ten
     out = []
     for z0 in range(0, t.shape[-1], step):
         x = fn(t[..., z0 : z0 + step].float())
-        out.append(pool(x[None], factor, factor, ceil_mode=True)[0] if factor != (1, 1, 1) else x)
+        # a cell cut by the volume's (or the slab's last) border pools the voxels it has; torch refuses
+        # a kernel larger than the input (a last slab of one slice at 0.6 mm), so it is clipped
+        k = tuple(min(f, n) for f, n in zip(factor, x.shape[1:]))
+        out.append(pool(x[None], k, k, ceil_mode=True)[0] if k != (1, 1, 1) else x)
     return torch.cat(out, -1)
 
 
