@@ -121,3 +121,22 @@ def test_crf_modes_the_default_redraws_the_liver_and_keeps_the_cascades_lesions(
     assert np.array_equal(out["default"], out["liver"]) and np.array_equal(out["switches"], out["liver"])
     assert timings["default"]["crf_mode"] == "liver" and timings["off"]["crf_mode"] == "off"
     assert "crf" not in timings["off"] and timings["liver"]["crf"] < 10
+
+
+def test_a_background_click_off_the_liver_changes_nothing_elsewhere(tmp_path):
+    """A background click on air once widened stage two's box to reach it, which shrank the liver in
+    stage two's input: 6 of a phantom's 7 lesions went. It must only act where it is."""
+    import phantom
+
+    from lib.evaluation.predict import load_label, make_task, predict_file
+
+    ref = phantom.generate_phantom(seed=3, orientation="LPS", n_slices=24, shape_xy=(160, 160), spacing=(2.2, 2.2, 5.0))
+    image = tmp_path / "ct.nii.gz"
+    nib.save(nib.Nifti1Image(ref.image, ref.affine), str(image))
+    assert ref.image[2, 2, 12] < -900  # the click is on air
+    task = make_task("liver_cascade", str(APP / "model"))
+    plain = predict_file(task, str(image), str(tmp_path / "plain.nii.gz"), {"crf": "off"})
+    click = predict_file(task, str(image), str(tmp_path / "click.nii.gz"), {"crf": "off", "background": [[2, 2, 12]]})
+    assert (load_label(str(tmp_path / "plain.nii.gz")) == 2).sum() > 500
+    assert np.array_equal(load_label(str(tmp_path / "plain.nii.gz")), load_label(str(tmp_path / "click.nii.gz")))
+    assert click["timings"]["stage2_box"] == plain["timings"]["stage2_box"]

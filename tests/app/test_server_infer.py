@@ -107,7 +107,7 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert infer(server, "no_such_model", "lps_odd").status_code == 404
     assert infer(server, "liver_cascade", "lps_odd", {"scales": "abc"}).status_code == 400
     assert infer(server, "liver_cascade", "lps_odd", {"min_lesion_ml": "abc"}).status_code == 400
-    for bad in ({"min_lesion_ml": "nan"}, {"scales": [None]}, {"scales": "1e400"}, {"batch_size": 0},
+    for bad in ({"min_lesion_ml": "nan"}, {"min_lesion_ml": "inf"}, {"scales": [None]}, {"scales": "1e400"}, {"batch_size": 0},
                 {"batch_size": "abc"}):
         r = infer(server, "liver_cascade", "lps_odd", bad)
         assert r.status_code == 400 and next(iter(bad)) in r.text, (bad, r.status_code, r.text)

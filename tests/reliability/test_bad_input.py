@@ -131,16 +131,24 @@ def _labels(server):
     return {k: sorted(v.get("labels", {})) for k, v in ds["objects"].items()}
 
 
-@pytest.mark.parametrize("case", ["wrong shape", "wrong spacing", "not an image", "2D"])
+@pytest.mark.parametrize("case", ["wrong shape", "wrong spacing", "not an image", "2D", "values 0/3/6",
+                                  "fractional values", "negative values", "NaN"])
 def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server, phantom_ct, case):
     final = server.studies / "labels" / "final" / "labelled.nii.gz"
     before_bytes, before_labels = final.read_bytes(), _labels(server)
     lab = np.zeros(phantom_ct.image.shape, np.uint8)
+    fitting = phantom_ct.label.astype(np.float32)  # the right grid, with values that are not labels
+    nan = fitting.copy()
+    nan[0, 0, 0] = np.nan
     data = {
         "wrong shape": nii_bytes(lab[:50, :50, :5]),
         "wrong spacing": nii_bytes(lab, affine=np.diag([1.0, 1.0, 1.0, 1.0])),
         "not an image": b"not a label",
         "2D": nii_bytes(lab[:, :, 0]),
+        "values 0/3/6": nii_bytes((phantom_ct.label * 3).astype(np.uint8), affine=phantom_ct.affine),
+        "fractional values": nii_bytes(fitting + 0.37, affine=phantom_ct.affine),
+        "negative values": nii_bytes(fitting.astype(np.int16) - 1, affine=phantom_ct.affine),
+        "NaN": nii_bytes(nan, affine=phantom_ct.affine),
     }[case]
     r = requests.put(f"{server.url}/datastore/label", params={"image": "labelled", "tag": "final"},
                      files={"label": ("labelled.nii.gz", io.BytesIO(data))}, timeout=60)

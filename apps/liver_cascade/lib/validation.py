@@ -16,6 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.openers import ImageOpener
 
+from lib.settings import LABELS
+
 CHUNK = 1 << 22
 
 
@@ -153,4 +155,23 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2) -> 
     if not np.allclose(la[:3, :3], ia[:3, :3], atol=tol * scale) or not np.allclose(la[:3, 3], ia[:3, 3], atol=1.0):
         raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
     _check_complete(label_path, lab)
+    check_label_values(label_path)
     return lab
+
+
+def check_label_values(path: str) -> None:
+    """A label holds only the app's label values (0 background, and those of LABELS), whatever its dtype:
+    a label of other values would replace a good one and train the networks on nonsense."""
+    allowed = {0, *LABELS.values()}
+    try:
+        if path.lower().endswith((".nii", ".nii.gz")):
+            data = np.asanyarray(nib.load(path).dataobj)  # scaled by the header's slope/intercept
+        else:
+            data = sitk.GetArrayViewFromImage(sitk.ReadImage(path))
+    except Exception as e:
+        raise InputError(f"could not read the label's voxels ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+    values = np.unique(data)
+    bad = [v for v in values.tolist() if not (np.isfinite(v) and v in allowed)]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise InputError(f"the label has values other than {sorted(allowed)} ({shown}); labels: {dict(LABELS)}")

@@ -19,6 +19,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.tasks.infer.basic_infer import CallBackTypes
 
+from lib.validation import InputError
+
 logger = logging.getLogger(__name__)
 
 INFO_KEY = "liver_uncertainty"
@@ -69,10 +71,19 @@ class LiverUncertainty(ScoringMethod):
         for image_id in datastore.get_unlabeled_images():
             info = datastore.get_image_info(image_id).get(INFO_KEY, {})
             if info.get("model") == stamp:
-                result[image_id] = info["score"]
+                if info.get("score") is not None:
+                    result[image_id] = info["score"]
                 continue
             t0 = time.time()
-            score = self.score_image(datastore.get_image_uri(image_id))
+            try:
+                score = self.score_image(datastore.get_image_uri(image_id))
+            except InputError as e:
+                # an image the model refuses (not CT, NaN voxels, ...) is left out of the ranking, and
+                # recorded so that it is not tried again with this model; the others are still served
+                logger.warning(f"Uncertainty of {image_id}: not scored: {e}")
+                datastore.update_image_info(image_id, {INFO_KEY: {"score": None, "error": str(e), "model": stamp,
+                                                                  "ts": int(time.time())}})
+                continue
             datastore.update_image_info(image_id, {INFO_KEY: {"score": score, "model": stamp, "ts": int(time.time())}})
             logger.info(f"Uncertainty of {image_id}: {score:.4f} ({time.time() - t0:.1f} s)")
             result[image_id] = score

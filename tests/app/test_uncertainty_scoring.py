@@ -1,0 +1,49 @@
+"""The uncertainty strategy ranks what it can score: an unlabeled image the model refuses (not CT, NaN
+voxels) once made "Next Sample" answer HTTP 500 for everyone until the image was deleted."""
+
+import nibabel as nib
+import numpy as np
+
+from support import APP
+
+
+class FakeDatastore:
+    def __init__(self, images):
+        self.images, self.info = images, {k: {} for k in images}
+
+    def get_unlabeled_images(self, *args):
+        return sorted(self.images)
+
+    def get_image_uri(self, image_id):
+        return self.images[image_id]
+
+    def get_image_info(self, image_id):
+        return self.info[image_id]
+
+    def update_image_info(self, image_id, info):
+        self.info[image_id].update(info)
+
+
+def test_uncertainty_skips_images_the_model_refuses_and_ranks_the_rest(tmp_path):
+    import phantom
+
+    from lib.activelearning.uncertainty import LiverUncertaintyStrategy
+    from lib.evaluation.predict import make_task
+    from lib.scoring.uncertainty import INFO_KEY, LiverUncertainty
+
+    ct = phantom.generate_phantom(seed=3, orientation="LPS", n_slices=16, shape_xy=(128, 128), spacing=(2.7, 2.7, 5.0))
+    paths = {"ct": tmp_path / "ct.nii.gz", "mr": tmp_path / "mr.nii.gz", "nan": tmp_path / "nan.nii.gz"}
+    nib.save(nib.Nifti1Image(ct.image, ct.affine), str(paths["ct"]))
+    nib.save(nib.Nifti1Image((ct.image.astype(np.float32) + 1100) / 10, ct.affine), str(paths["mr"]))  # no air
+    nan = ct.image.astype(np.float32)
+    nan[5, 5, 5] = np.nan
+    nib.save(nib.Nifti1Image(nan, ct.affine), str(paths["nan"]))
+    ds = FakeDatastore({k: str(v) for k, v in paths.items()})
+    scoring = LiverUncertainty(make_task("liver_cascade", str(APP / "model")))
+    picked = LiverUncertaintyStrategy(scoring)({}, ds)
+    assert picked["id"] == "ct" and 0.0 <= picked["weight"] <= 1.0
+    for bad in ("mr", "nan"):  # recorded with the reason, not tried again with the same model
+        assert ds.info[bad][INFO_KEY]["score"] is None and ds.info[bad][INFO_KEY]["error"]
+        assert ds.info[bad][INFO_KEY]["model"] == scoring.model_stamp()
+    scoring.score_image = None  # a second round reads the stored scores only
+    assert LiverUncertaintyStrategy(scoring)({}, ds)["id"] == "ct"
