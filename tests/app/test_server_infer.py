@@ -114,6 +114,17 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     bad_crf = infer(server, "liver_cascade", "lps_odd", {"crf": "sometimes"})
     assert bad_crf.status_code == 400 and "crf" in bad_crf.text
     assert infer(server, "liver_cascade", "broken").status_code == 400
+    for bad in ({"fill_holes": "maybe"}, {"stage2_roi": "xyz"}, {"foreground": [[600, 10, 5]]},
+                {"background": [[1e30, 0, 0]]}, {"scales": "2048"}):
+        r = infer(server, "liver_cascade", "lps_odd", bad)
+        assert r.status_code == 400 and next(iter(bad)) in r.text, (bad, r.status_code, r.text)
+    no_image = requests.post(f"{server.url}/infer/liver_cascade", data={"params": "{}"}, timeout=60)
+    assert no_image.status_code == 400 and "image" in no_image.text
+    seg = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd", "output": "dicom_seg"},
+                        timeout=60)
+    assert seg.status_code == 400 and "DICOMweb" in seg.text
+    assert requests.post(f"{server.url}/activelearning/bogus", json={}, timeout=60).status_code == 404
+    assert requests.post(f"{server.url}/scoring/bogus", timeout=60).status_code == 404
     missing = infer(server, "vgg_fcn", "lps_odd")  # no weights for this one
     assert missing.status_code == 503
     assert "vgg_fcn_lite.pt" in missing.json()["detail"] and "train" in missing.json()["detail"].lower()

@@ -151,8 +151,13 @@ def test_drop_small_lesions_relabels_them_liver_by_volume_in_ml():
     lab[10:16, 10:16, 3:7] = 2  # 144 voxels = 1.44 mL
     affine = np.diag([2.0, 2.0, 2.5, 1.0])
     d = {"pred": MetaTensor(torch.from_numpy(lab)[None], affine=torch.from_numpy(affine))}
-    out = np.asarray(DropSmallLesionsd("pred", min_ml=0.1)(d)["pred"][0])
+    dropped = DropSmallLesionsd("pred", min_ml=0.1)(d)
+    out = np.asarray(dropped["pred"][0])
     assert (out == 2).sum() == 144 and out[3, 3, 3] == 1 and (out > 0).all()
+    from lib.infers.liver import LesionReportd
+
+    report = LesionReportd(0.1)(dropped)["lesion_report"]  # what was drawn as liver is counted as dropped
+    assert report["n_lesions"] == 1 and report["n_lesions_below_min_volume"] == 1
     keep = np.asarray(DropSmallLesionsd("pred", min_ml=0.1)({**d, "min_lesion_ml": 0.05})["pred"][0])
     assert (keep == 2).sum() == 152  # the request's min_lesion_ml wins
 

@@ -95,6 +95,13 @@ def test_concurrent_inference_during_training_then_kill_training(setup, refs):
     srv = start(setup, "load")
     try:
         base = rss_mb(srv)
+        # parameters the recipe cannot take are answered 400 at once, not accepted and failed later
+        for bad in ({"max_epochs": "abc"}, {"lr": -0.1}, {"max_epochs": 0}, {"val_split": 1.5},
+                    {"dice_batch": "maybe"}, {"liver_resnet": {"train_batch_size": 0}}):
+            url = f"{srv.url}/train/" + ("" if "liver_resnet" in bad else "liver_resnet")
+            r = requests.post(url, json=bad, timeout=60)
+            assert r.status_code == 400, (bad, r.text)
+        assert not trainers_of(srv)  # no training process was started
         r = requests.post(f"{srv.url}/train/liver_resnet", json={"max_epochs": 4, "samples_per_volume": 4},
                           timeout=60)
         assert r.status_code == 200, r.text

@@ -21,6 +21,16 @@ def as_bool(value) -> bool:
     return str(value).strip().lower() in ("1", "true", "yes", "on")
 
 
+SWITCH_VALUES = ("1", "true", "yes", "on", "0", "false", "no", "off")
+
+
+def check_switch(name: str, value) -> None:
+    """A request's switch must say yes or no (``SWITCH_VALUES``, any case, or a JSON boolean): "maybe"
+    is the caller's error, not "no"."""
+    if value is not None and str(value).strip().lower() not in SWITCH_VALUES:
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
 # the 3D dense CRF after the cascade, by mode (the first is the default):
 #   liver: it redraws the liver's boundary; the lesions stay the network's (not in the paper;
 #          measured in docs/RESULTS.md, "The liver CRF")
@@ -55,6 +65,10 @@ def parse_crf(value, keep_lesions=None, default: Optional[str] = None) -> str:
     return parse_choice("crf", value, CRF_MODES, default)
 
 
+# test-time slice sizes a request may ask for (the paper's ladder is 5 sizes up to 640)
+MIN_SCALE, MAX_SCALE, MAX_SCALES = 32, 1024, 8
+
+
 def parse_scales(value, preset: str) -> Tuple[int, ...]:
     """'192,208' / [192, 208] / 'paper' (the preset's 5 sizes) / '' (preset default)."""
     p = PRESETS[preset]
@@ -69,9 +83,11 @@ def parse_scales(value, preset: str) -> Tuple[int, ...]:
     try:
         scales = tuple(int(v) for v in value)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"scales must be integers in [32, 2048], got {value!r}") from None
-    if not scales or any(s < 32 or s > 2048 for s in scales):
-        raise ValueError(f"scales must be integers in [32, 2048], got {value!r}")
+        raise ValueError(f"scales must be integers in [{MIN_SCALE}, {MAX_SCALE}], got {value!r}") from None
+    if not scales or any(s < MIN_SCALE or s > MAX_SCALE for s in scales):
+        raise ValueError(f"scales must be integers in [{MIN_SCALE}, {MAX_SCALE}], got {value!r}")
+    if len(scales) > MAX_SCALES:  # the cost grows with each: one request must not hold the server for minutes
+        raise ValueError(f"scales: at most {MAX_SCALES} sizes, got {len(scales)}")
     return scales
 
 

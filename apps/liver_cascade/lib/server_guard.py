@@ -9,12 +9,14 @@ of the application for the upload size. Nothing in site-packages is edited.
 """
 
 import functools
+import inspect
 import json
 import logging
 
 from fastapi import HTTPException
 
 from lib.datastore import check_name
+from lib.trainers.liver import check_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,10 @@ def check_train_params(model: str, params: dict, trainers) -> None:
                                     detail=f"training parameter {key!r} names a server file; set it with --conf")
         if "name" in p:
             check_name(str(p["name"]), "training run name")
+        try:
+            check_recipe(p)
+        except ValueError as e:
+            raise HTTPException(status_code=400, detail=str(e)) from e
 
 
 class UploadLimit:
@@ -122,10 +128,31 @@ def _wrap(module, name, check):
 def install(app_instance, max_upload_bytes: int) -> None:
     """Put the checks in front of MONAI Label's endpoints (idempotent)."""
     import monailabel.app as server
-    from monailabel.endpoints import datastore, infer, train
+    from monailabel.datastore.dicom import DICOMWebDatastore
+    from monailabel.endpoints import activelearning, datastore, infer, scoring, train
 
-    def infer_check(background_tasks, model, image="", session_id="", params="{}", *a, **k):
-        parse_params(k.get("params", params))
+    infer_signature = inspect.signature(infer.run_inference)
+
+    def infer_check(*args, **kwargs):
+        a = infer_signature.bind_partial(*args, **kwargs).arguments
+        parse_params(a.get("params", "{}"))
+        if not a.get("file") and not a.get("image") and not a.get("session_id"):
+            raise HTTPException(status_code=400, detail="image: a datastore image id, an uploaded file or a session "
+                                                        "id is needed")
+        if getattr(a.get("output"), "value", a.get("output")) == "dicom_seg" and not isinstance(
+                app_instance.datastore(), DICOMWebDatastore):
+            raise HTTPException(status_code=400, detail="output=dicom_seg needs a DICOMweb datastore; this server's "
+                                                        "studies are files: use output=image")
+
+    def strategy_check(strategy, *a, **k):
+        if strategy not in app_instance._strategies:
+            raise HTTPException(status_code=404, detail=f"Unknown active learning strategy {strategy!r}; "
+                                                        f"available: {sorted(app_instance._strategies)}")
+
+    def scoring_check(method, *a, **k):
+        if method not in app_instance._scoring_methods:
+            raise HTTPException(status_code=404, detail=f"Unknown scoring method {method!r}; "
+                                                        f"available: {sorted(app_instance._scoring_methods)}")
 
     def datastore_check(background_tasks, image=None, params="{}", *a, **k):
         parse_params(k.get("params", params))
@@ -142,6 +169,8 @@ def install(app_instance, max_upload_bytes: int) -> None:
         auth.jwt = _JWTWithAlgorithms(auth.jwt)
 
     _wrap(infer, "run_inference", infer_check)
+    _wrap(activelearning, "sample", strategy_check)
+    _wrap(scoring, "run_method", scoring_check)
     _wrap(datastore, "save_label", datastore_check)
     _wrap(datastore, "add_image", datastore_check)
     _wrap(train, "run_model", train_check)

@@ -167,7 +167,7 @@ def check_label_values(path: str) -> None:
         if path.lower().endswith((".nii", ".nii.gz")):
             data = np.asanyarray(nib.load(path).dataobj)  # scaled by the header's slope/intercept
         else:
-            data = sitk.GetArrayViewFromImage(sitk.ReadImage(path))
+            data = sitk.GetArrayFromImage(sitk.ReadImage(path))  # a copy: a view dies with its image
     except Exception as e:
         raise InputError(f"could not read the label's voxels ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
     values = np.unique(data)

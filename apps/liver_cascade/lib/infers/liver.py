@@ -27,7 +27,7 @@ from monai.transforms import (
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 
-from lib.conf import CRF_MODES, AppConf, as_bool, parse_choice, parse_crf, parse_scales
+from lib.conf import CRF_MODES, AppConf, as_bool, check_switch, parse_choice, parse_crf, parse_scales
 from lib.evaluation.lesion_report import in_file_voxels, lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
@@ -122,6 +122,7 @@ class LiverSegmentation(BasicInferTask):
                 "fill_holes": True,
                 "largest_component": True,
                 "stage2_roi": conf.stage2_roi,
+                "min_lesion_ml": conf.min_lesion_ml,
                 # a list: Slicer offers it as a choice, the first is the default
                 **({"background_click": list(BACKGROUND_CLICK_MODES)} if cascade else {}),
             },
@@ -196,6 +197,8 @@ class LiverSegmentation(BasicInferTask):
         try:
             parse_crf(request.get("crf"), request.get("crf_keep_lesions"))
             parse_choice("background_click", request.get("background_click"), BACKGROUND_CLICK_MODES)
+            for switch in ("fill_holes", "largest_component", "stage2_roi", "allow_non_ct", "crf_keep_lesions"):
+                check_switch(switch, request.get(switch))
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         try:
@@ -342,7 +345,12 @@ class LiverSegmentation(BasicInferTask):
             except (TypeError, ValueError):
                 raise InvalidRequestError(f"{key} must be a list of [i, j, k] voxel points, got {raw!r}")
             original = image.meta.get("original_affine", image.affine)
+            if not all(np.isfinite(v) and abs(v) < 1e9 for p in raw for v in p[:3]):
+                raise InvalidRequestError(f"{key} must be finite voxel indices, got {raw!r}")
             pts[key] = to_oriented_index(raw, original, image.affine, shape)
+            if len(pts[key]) != len(raw):  # a click the annotator thinks counted must not be dropped silently
+                raise InvalidRequestError(f"{key}: a point is outside the image (voxel indices within "
+                                          f"{list(_file_shape(shape, original, image.affine))}), got {raw!r}")
         return pts["foreground"], pts["background"]
 
     # -- writing --------------------------------------------------------------
@@ -367,6 +375,15 @@ class LiverSegmentation(BasicInferTask):
         if "lesion_report" in data:
             result["lesion_report"] = data["lesion_report"]
         return path, result
+
+
+def _file_shape(shape, original_affine, current_affine) -> Tuple[int, ...]:
+    """The file's array shape, from the RAS-oriented ``shape`` (Orientationd only permutes and flips)."""
+    to_file = np.linalg.inv(np.asarray(original_affine, float)) @ np.asarray(current_affine, float)
+    out = [0, 0, 0]
+    for axis in range(3):
+        out[int(np.argmax(np.abs(to_file[:3, axis])))] = int(shape[axis])
+    return tuple(out)
 
 
 def geometry_only(image: MetaTensor) -> MetaTensor:
@@ -426,6 +443,8 @@ class LesionReportd:
         )
         # computed on the RAS-oriented label; its voxel indices are given in the file's own order, the
         # order of the returned label
+        # components DropSmallLesionsd already drew as liver count as below the minimum too
+        report["n_lesions_below_min_volume"] += int(d.get("small_lesions_dropped", 0))
         d["lesion_report"] = in_file_voxels(report, affine, pred.meta.get("original_affine", affine))
         return d
 

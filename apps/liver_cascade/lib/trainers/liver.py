@@ -11,6 +11,7 @@ file the infer task reads, so the running server picks it up on its next request
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from typing import Any, Dict, List, Optional
@@ -41,7 +42,7 @@ from monai.transforms import (
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from lib.conf import AppConf, as_bool
+from lib.conf import AppConf, as_bool, check_switch
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
@@ -89,6 +90,45 @@ RECIPE = {
     "dataloader": "DataLoader",
     "num_workers": 0,  # training-data loader processes (e.g. 8 with "dataset": "Dataset" on LiTS-sized data)
 }
+
+
+# RECIPE keys whose value must be > 0 (the other numbers: >= 0), and those that are fractions
+_POSITIVE = {"max_epochs", "train_batch_size", "val_batch_size", "lr", "samples_per_volume", "val_interval",
+             "lesion_weight"}
+_FRACTIONS = {"first_phase", "momentum", "flip_prob", "deform_prob", "corrected_liver_prob", "click_prob",
+              "swa_from", "val_split"}
+
+
+def check_recipe(params: Dict[str, Any]) -> None:
+    """Raise ValueError, naming the key, for a training request value RECIPE cannot take (checked when
+    the request arrives, so it is answered 400 rather than failing later in the training process).
+    Keys that are not RECIPE's (MONAI Label's own, a client's) are left to their readers."""
+    for key, value in params.items():
+        default = RECIPE.get(key)
+        if isinstance(default, bool):
+            check_switch(key, value)
+        elif isinstance(default, (int, float)):
+            try:
+                number = float(value)
+                if isinstance(value, bool) or not math.isfinite(number):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ValueError(f"training parameter {key} must be a number, got {value!r}") from None
+            if isinstance(default, int) and number != int(number):
+                raise ValueError(f"training parameter {key} must be a whole number, got {value!r}")
+            low_ok = number > 0 if key in _POSITIVE else number >= 0
+            if not low_ok or (key in _FRACTIONS and number >= (1 if key == "val_split" else 1.0000001)):
+                bound = "> 0" if key in _POSITIVE else ">= 0"
+                if key in _FRACTIONS:
+                    bound += ", < 1" if key == "val_split" else ", <= 1"
+                raise ValueError(f"training parameter {key} must be {bound}, got {value!r}")
+        elif key == "zoom":
+            try:
+                lo, hi = (float(v) for v in str(value).split(","))
+                if not 0 < lo <= hi < math.inf:
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise ValueError(f"training parameter zoom must be 'low,high' with 0 < low <= high, got {value!r}") from None
 
 
 class ClassWeightedDiceCELoss(torch.nn.Module):

@@ -187,6 +187,7 @@ class DropSmallLesionsd(MapTransform):
             small[0] = False
             if not small.any():
                 continue
+            d["small_lesions_dropped"] = int(small.sum())  # the lesion report counts them
             out = np.array(arr, dtype=np.uint8)
             out[box][small[comps]] = LABELS["liver"]
             t = torch.from_numpy(out)[None]
