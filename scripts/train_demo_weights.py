@@ -198,7 +198,10 @@ def main(argv=None):
     request = {"samples_per_volume": 10, "train_batch_size": 10, "liver_ratio": 1.0,
                "dataset": args.dataset or ("Dataset" if args.lits else "CacheDataset"),
                "pretrained": "true" if args.finetune else "false", "lr": args.lr, "lr_decay_from": args.lr / 2,
-               "dice_weight": args.dice_weight}
+               "dice_weight": args.dice_weight,
+               # the run's best epoch replaces what is in --model-dir: these weights are rebuilt, not a
+               # correction round to be compared with the model in place
+               "publish": "best"}
     request.update({key: v for key, (_, v) in recipe.items() if v is not None})
     if args.num_workers is not None:  # speed only: not part of the variant's name
         request["num_workers"] = args.num_workers

@@ -94,6 +94,7 @@ def test_lits_path_end_to_end(tmp_path, capfd, monkeypatch):
     assert "liver_resnet: 2 training volumes" in log.err + log.out and "2 loader worker(s)" in log.err + log.out
     # the recipe options reach the trainer's request and name the run
     assert "'dice_batch': 1" in log.err + log.out and "'lesion_weight': 3.0" in log.err + log.out
+    assert "'publish': 'best'" in log.err + log.out  # rebuilt weights replace the ones in place
     out = json.loads((results / "demo_unseen_both_lits_db1_lw3_lesr2.json").read_text())
     assert out["holdout"] == "all" and out["lits"] == {"cases": 3, "validate": 1}
     assert sorted(out["rows"]) == sorted(tdw.REAL)

@@ -91,3 +91,29 @@ def test_weight_average_publishes_the_mean_of_the_last_epochs(tmp_path):
     assert bn_mean.abs().sum() > 0 and not torch.allclose(bn_var, torch.ones_like(bn_var))
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert stats["swa_epochs"] == [2, 3] and stats["done"] is True
+
+
+def test_a_round_that_does_worse_keeps_the_model_in_place(tmp_path):
+    """publish: better (the default) validates the model in place first; a round none of whose epochs
+    does as well (here: a learning rate that wrecks the network) leaves it untouched. publish: best
+    publishes the run's best epoch anyway."""
+    from lib.trainers.cli import main
+
+    _datalists(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)  # the demo stage one: it finds the liver
+    shipped = (model_dir / "liver_resnet_lite.pt").read_bytes()
+    args = ["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+            "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--samples_per_volume", "2",
+            "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"]
+    main(args)
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert stats["baseline_metric"] > 0.4  # the demo weights on a sample phantom (mean of liver and lesion Dice)
+    assert stats["history"][0]["val_mean_dice"] < stats["baseline_metric"]
+    assert stats["kept_model_in_place"] and not stats["history"][0]["published"]
+    assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
+    main(args + ["--publish", "best"])
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert stats["baseline_metric"] is None and stats["history"][0]["published"]
+    assert (model_dir / "liver_resnet_lite.pt").read_bytes() != shipped

@@ -42,7 +42,7 @@ from monai.transforms import (
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from lib.conf import AppConf, as_bool, check_switch
+from lib.conf import AppConf, as_bool, check_switch, parse_choice
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
@@ -89,7 +89,11 @@ RECIPE = {
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
     "num_workers": 0,  # training-data loader processes (e.g. 8 with "dataset": "Dataset" on LiTS-sized data)
+    # "better": publish an epoch only if it validates at least as well as the model already in place
+    # (validated first, on the same held-out volumes); "best": the run's best epoch, even if worse
+    "publish": "better",
 }
+PUBLISH_MODES = ("better", "best")
 
 
 # RECIPE keys whose value must be > 0 (the other numbers: >= 0), and those that are fractions
@@ -122,6 +126,8 @@ def check_recipe(params: Dict[str, Any]) -> None:
                 if key in _FRACTIONS:
                     bound += ", < 1" if key == "val_split" else ", <= 1"
                 raise ValueError(f"training parameter {key} must be {bound}, got {value!r}")
+        elif key == "publish":
+            parse_choice(key, value, PUBLISH_MODES)
         elif key == "zoom":
             try:
                 lo, hi = (float(v) for v in str(value).split(","))
@@ -391,6 +397,7 @@ class LiverSliceTrainer(BasicTrainTask):
         progress = TrainingProgress(self, context)
         engine = context.evaluator if context.evaluator else context.trainer
         engine.add_event_handler(Events.EPOCH_COMPLETED, progress)
+        context.trainer.add_event_handler(Events.STARTED, progress.on_started)
         context.trainer.add_event_handler(Events.ITERATION_COMPLETED, progress.on_iteration)
         swa_from = float(context.request.get("swa_from", 0.0))
         if swa_from > 0:
@@ -488,6 +495,38 @@ class TrainingProgress:
         self.start = time.time()
         self.curve_path = os.path.join(os.path.dirname(task.publish_file), f"{task.task}_{task.preset}_curve.png")
         self.swa: Optional[WeightAverage] = None
+        self.baseline: Optional[float] = None  # the validation score of the model in place before the run
+        self._validating_baseline = False
+
+    def on_started(self, engine):
+        """With ``publish: better``, validate the model in place (if any) on this run's held-out volumes:
+        an epoch is published only if it does at least as well, so a short or unlucky round never
+        replaces a better model. Not with several GPUs (the validation there is collective)."""
+        ctx = self.context
+        mode = parse_choice("publish", ctx.request.get("publish"), PUBLISH_MODES)
+        if mode != "better" or ctx.evaluator is None or not os.path.exists(self.task.publish_file):
+            return
+        if ctx.multi_gpu:
+            logger.info(f"[{self.task.task}] several GPUs: the run's best epoch is published (publish: best)")
+            return
+        net = ctx.network
+        try:
+            in_place, _ = load_checkpoint(self.task.publish_file)
+            initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            net.load_state_dict(in_place.state_dict())
+        except Exception as e:  # another preset or input layout: nothing to compare with
+            logger.info(f"[{self.task.task}] the model in place is not comparable ({e}); publishing the best epoch")
+            return
+        self._validating_baseline = True
+        try:
+            ctx.evaluator.run()
+        finally:
+            self._validating_baseline = False
+            net.load_state_dict(initial)
+        self.baseline = float(ctx.evaluator.state.metrics.get("val_mean_dice", -1.0))
+        self.best = self.baseline
+        logger.info(f"[{self.task.task}] the model in place validates at val_mean_dice {self.baseline:.4f}: an epoch "
+                    "is published only if it does at least as well (publish: better)")
 
     def on_iteration(self, engine):
         out = engine.state.output
@@ -496,6 +535,8 @@ class TrainingProgress:
         self.lr = self.context.optimizer.param_groups[0]["lr"]
 
     def __call__(self, engine):
+        if self._validating_baseline:
+            return
         ctx = self.context
         trainer = ctx.trainer
         epoch = trainer.state.epoch
@@ -530,6 +571,9 @@ class TrainingProgress:
         self.write()
 
     def on_completed(self, engine):
+        if self.baseline is not None and not any(r.get("published") for r in self.history):
+            logger.warning(f"[{self.task.task}] no epoch validated as well as the model in place "
+                           f"({self.baseline:.4f}): it was kept ({os.path.basename(self.task.publish_file)})")
         self.write(final=True)
 
     def write(self, final=False):
@@ -540,6 +584,9 @@ class TrainingProgress:
             "epoch": self.context.trainer.state.epoch,
             "max_epochs": self.context.max_epochs,
             "best_metric": self.best,
+            "baseline_metric": self.baseline,  # the model in place before the run (publish: better)
+            "kept_model_in_place": bool(final and self.baseline is not None
+                                        and not any(r.get("published") for r in self.history)),
             "history": self.history,
             "model": self.task.publish_file,
             "done": final,
