@@ -33,7 +33,7 @@ from lib.dicomweb import create_dicomweb_datastore
 from lib.infers import InvalidRequestError
 from lib.model_io import ModelNotReadyError
 from lib.ohif import serve_ohif_nested_paths
-from lib.validation import InputError, check_volume_file
+from lib.validation import InputError, check_label_matches, check_volume_file
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +168,14 @@ class LiverCascadeApp(MONAILabelApp):
                 check_volume_file(path, self.app_conf.max_voxels, verify_data=uploaded)
             except InputError as e:
                 raise HTTPException(status_code=e.status, detail=f"Image {request.get('image')!r}: {e}") from e
-        if request.get("label") and not self._is_upload(request["label"]):
-            raise HTTPException(status_code=400, detail="label must be uploaded with the request")
+        if request.get("label"):
+            if not self._is_upload(request["label"]):
+                raise HTTPException(status_code=400, detail="label must be uploaded with the request")
+            if os.path.isfile(path):
+                try:  # the corrected liver is used voxel by voxel: it must lie on the image's grid
+                    check_label_matches(request["label"], path, values=False)  # any segment value counts as liver
+                except InputError as e:
+                    raise HTTPException(status_code=e.status, detail=f"label: {e}") from e
         with self._infer_slots:
             try:
                 return super().infer(request, datastore)

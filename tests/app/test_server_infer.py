@@ -163,3 +163,18 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     assert infer(server, "liver_cascade", "lps_odd", {"foreground": "not points"}).status_code == 400
     bad_mode = infer(server, "liver_cascade", "lps_odd", {"background": [fg], "background_click": "everything"})
     assert bad_mode.status_code == 400 and "background_click" in bad_mode.text
+    # a corrected liver that is not on the image's grid (shifted 50 mm) is refused, not used voxel by voxel
+    shifted = ref.affine.copy()
+    shifted[:3, 3] += 50
+    moved_file = tmp_path / "moved.nii.gz"
+    nib.save(nib.Nifti1Image(liver, shifted), str(moved_file))
+    with open(moved_file, "rb") as f:
+        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
+                          data={"params": "{}"}, files={"label": ("moved.nii.gz", f)}, timeout=300)
+    assert r.status_code == 400 and "grid" in r.text, r.text
+    seg_values = liver * 5  # any segment value counts as liver: an annotator's labelmap is not checked for 0/1/2
+    nib.save(nib.Nifti1Image(seg_values.astype(np.uint8), ref.affine), str(moved_file))
+    with open(moved_file, "rb") as f:
+        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
+                          data={"params": "{}"}, files={"label": ("liver5.nii.gz", f)}, timeout=300)
+    assert r.status_code == 200, r.text

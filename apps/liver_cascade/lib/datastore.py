@@ -34,7 +34,7 @@ SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,199}$")
 
 def check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not SAFE_NAME.match(value) or ".." in value:
-        raise HTTPException(status_code=400, detail=f"invalid {what} {value!r}: use letters, digits and . _ - + only")
+        raise HTTPException(status_code=400, detail=f"invalid {what} {value!r}: use letters, digits, spaces and . _ - + only")
     return value
 
 

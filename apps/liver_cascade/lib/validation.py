@@ -144,8 +144,9 @@ def check_volume_file(path: str, max_voxels: int, min_in_plane: int = 16, verify
     return g
 
 
-def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2) -> Geometry:
-    """A label must cover its image voxel for voxel (same shape, same place in space)."""
+def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, values: bool = True) -> Geometry:
+    """A label must cover its image voxel for voxel (same shape, same place in space), and (``values``)
+    hold only the app's label values."""
     lab = read_geometry(label_path)
     img = read_geometry(image_path)
     if len(lab.shape) < 3 or lab.shape[:3] != img.shape[:3] or any(s != 1 for s in lab.shape[3:]):
@@ -155,7 +156,8 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2) -> 
     if not np.allclose(la[:3, :3], ia[:3, :3], atol=tol * scale) or not np.allclose(la[:3, 3], ia[:3, 3], atol=1.0):
         raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
     _check_complete(label_path, lab)
-    check_label_values(label_path)
+    if values:
+        check_label_values(label_path)
     return lab
 
 
