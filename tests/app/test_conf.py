@@ -60,6 +60,13 @@ def test_scales_are_checked():
             parse_scales(bad, "lite")
 
 
+def test_publish_mode_defaults_to_better(tmp_path):
+    assert AppConf.from_conf({}, str(tmp_path)).publish == "better"
+    assert AppConf.from_conf({"publish": "best"}, str(tmp_path)).publish == "best"
+    with pytest.raises(ValueError, match="publish"):
+        AppConf.from_conf({"publish": "newest"}, str(tmp_path))
+
+
 def test_crf_modes_default_to_liver_and_read_the_old_switches(tmp_path):
     assert AppConf.from_conf({}, str(tmp_path)).crf == "liver"
     assert AppConf.from_conf({"crf": "paper"}, str(tmp_path)).crf == "paper"

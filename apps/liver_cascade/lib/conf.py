@@ -38,6 +38,11 @@ def check_switch(name: str, value) -> None:
 #   off:   the network's argmax
 CRF_MODES: Tuple[str, ...] = ("liver", "paper", "off")
 
+# what a training run publishes (the first is the default):
+#   better: an epoch only if it validates at least as well as the model already in place
+#   best:   the run's best epoch, even if worse than the model in place
+PUBLISH_MODES: Tuple[str, ...] = ("better", "best")
+
 
 def parse_choice(name: str, value, choices: Tuple[str, ...], default: Optional[str] = None) -> str:
     """A request option offered as a list in the model config (Slicer shows a choice): one of
@@ -125,6 +130,7 @@ class AppConf:
     max_upload_mb: float  # larger request bodies are refused (HTTP 413) before they are stored
     external_symlinks: bool  # list datastore files that are symlinks to places outside the datastore
     max_parallel_infers: int  # inferences at once in the server process; more requests wait in line
+    publish: str  # training's default "publish" mode: "better" (keep a better model in place) or "best"
 
     @classmethod
     def from_conf(cls, conf: Dict[str, str], model_dir: Optional[str] = None) -> "AppConf":
@@ -148,4 +154,5 @@ class AppConf:
             max_upload_mb=float(conf.get("max_upload_mb", 1024)),
             external_symlinks=as_bool(conf.get("external_symlinks", "false")),
             max_parallel_infers=max(1, int(conf.get("max_parallel_infers", "1"))),
+            publish=parse_choice("--conf publish", conf.get("publish"), PUBLISH_MODES),
         )

@@ -42,7 +42,7 @@ from monai.transforms import (
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
-from lib.conf import AppConf, as_bool, check_switch, parse_choice
+from lib.conf import PUBLISH_MODES, AppConf, as_bool, check_switch, parse_choice
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
@@ -89,11 +89,8 @@ RECIPE = {
     "dataset": "CacheDataset",
     "dataloader": "DataLoader",
     "num_workers": 0,  # training-data loader processes (e.g. 8 with "dataset": "Dataset" on LiTS-sized data)
-    # "better": publish an epoch only if it validates at least as well as the model already in place
-    # (validated first, on the same held-out volumes); "best": the run's best epoch, even if worse
-    "publish": "better",
+    "publish": PUBLISH_MODES[0],  # lib/conf.py; --conf publish sets the server's default
 }
-PUBLISH_MODES = ("better", "best")
 
 
 # RECIPE keys whose value must be > 0 (the other numbers: >= 0), and those that are fractions
@@ -206,7 +203,8 @@ class LiverSliceTrainer(BasicTrainTask):
         self.preset = app_conf.preset
         self.publish_file = os.path.join(model_dir, model_filename(task, self.preset))
         config = dict(RECIPE)
-        config.update({"name": f"train_{task}", "tracking": app_conf.tracking, "pretrained": True})
+        config.update({"name": f"train_{task}", "tracking": app_conf.tracking, "pretrained": True,
+                       "publish": app_conf.publish})
         tracking_uri = ""
         if app_conf.tracking == "mlflow":  # a local sqlite store: MONAI Label's file:// default is rejected
             tracking_uri = "sqlite:///" + os.path.join(model_dir, "mlflow.db")
