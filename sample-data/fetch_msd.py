@@ -129,7 +129,11 @@ def main(argv=None) -> int:
     ap.add_argument("--include-test", action="store_true", help="also add the unlabelled imagesTs cases")
     args = ap.parse_args(argv)
     task_dir = Path(args.task_dir) if args.task_dir else download(Path(args.root))
-    n_lab = layout_datastore(task_dir, args.out, link=not args.copy, include_test=args.include_test)
+    try:
+        n_lab = layout_datastore(task_dir, args.out, link=not args.copy, include_test=args.include_test)
+    except (OSError, ValueError, KeyError) as e:  # a missing or malformed Task03_Liver folder: say what
+        print(f"fetch_msd: {task_dir}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     n_all = len(datastore_items(args.out))
     print(f"{args.out}: {n_all} images, {n_lab} labelled ({'copied' if args.copy else 'symlinked'} from {task_dir}); "
           f"serve with: monailabel start_server --app apps/liver_cascade --studies {args.out}")

@@ -41,6 +41,14 @@ def test_ablation_and_evaluate_commands(tmp_path):
         "ResNet", "Cascaded ResNet, stage two on all slices"]
     with pytest.raises(SystemExit, match="SegFormer"):
         ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--method", "SegFormer"])
+    # a row without its weights (no vgg_fcn ships) is skipped and named; the others still run
+    (models / "vgg_fcn_lite.pt").unlink()
+    assert ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--cases", "1",
+                          "--method", "VGG-FCN", "--method", "ResNet"]) == 0
+    assert [r["method"] for r in json.loads((sub / "ablation.json").read_text())] == ["ResNet"]
+    assert "Not run (no weights): VGG-FCN" in (sub / "ablation.md").read_text()
+    with pytest.raises(SystemExit, match="no row could run"):
+        ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--method", "VGG-FCN"])
 
     preds = out / "predictions" / "Cascaded_ResNet"
     res = tmp_path / "eval"

@@ -146,3 +146,23 @@ def test_runs_as_script_and_as_module(lits, tmp_path):
         s = json.loads((out / "summary.json").read_text())
         assert s["n_cases"] == 2 and s["liver_assd_mm_per_case"] is None  # distances skipped
         assert not math.isnan(s["liver_dice_global"])
+
+
+def test_labels_other_than_lits_values_are_errors_and_other_voxel_orders_are_reoriented(tmp_path):
+    """A label of 3s, 0.6/1.6 floats or a CT image once scored quietly (rounded, clipped, or counted as
+    background); a prediction in LPS order against RAS references scored 80 % liver Dice for a
+    perfect answer."""
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    save(label_volume(), ref / "segmentation-3.nii.gz")
+    for name, bad in (("3s", label_volume() * 3), ("floats", label_volume().astype(np.float32) - 0.4),
+                      ("CT", (label_volume().astype(np.int16) * 60 - 100))):
+        save(bad, pred / "segmentation-3.nii.gz")
+        with pytest.raises(ValueError, match="0, 1 and 2 only"):
+            evaluate.evaluate_folders(pred, ref, tmp_path / "out")
+    flipped = np.ascontiguousarray(label_volume()[::-1])  # the same voxels, x stored the other way
+    lps = AFFINE.copy()
+    lps[0, 0], lps[0, 3] = -AFFINE[0, 0], AFFINE[0, 3] + AFFINE[0, 0] * (flipped.shape[0] - 1)
+    save(flipped, pred / "segmentation-3.nii.gz", affine=lps)
+    s = evaluate.evaluate_folders(pred, ref, tmp_path / "out")
+    assert s["liver_dice_per_case"] == 1.0 and s["lesion_dice_per_case"] == 1.0
+    assert any("reoriented" in w for w in s["warnings"])

@@ -117,3 +117,28 @@ def test_a_round_that_does_worse_keeps_the_model_in_place(tmp_path):
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert stats["baseline_metric"] is None and stats["history"][0]["published"]
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() != shipped
+
+
+def test_trainer_cli_reads_options_as_the_server_does(tmp_path, monkeypatch):
+    """--model-dir is --model_dir (it was passed on as a request key, and the run trained 100 epochs
+    into the app's own weights); a switch alone is true; bad values stop the run before it starts."""
+    import pytest
+
+    import lib.trainers.cli as cli
+
+    seen = {}
+
+    def fake_trainer(name, model_dir, app_conf, conf):
+        return lambda request, store: seen.update(request=request, model_dir=model_dir) or {}
+
+    monkeypatch.setattr(cli, "make_trainer", fake_trainer)
+    cases = _datalists(tmp_path)
+    cli.main(["--train-ds", str(tmp_path / "train.json"), "--model-dir", str(tmp_path / "m"), "--max-epochs", "1",
+              "--dice_batch", "--lr=0.01", "--name=my-run", "--models", "liver_resnet"])
+    assert seen["model_dir"] == str(tmp_path / "m")
+    assert {k: seen["request"][k] for k in ("max_epochs", "dice_batch", "lr", "name")} == {
+        "max_epochs": 1, "dice_batch": True, "lr": 0.01, "name": "my-run"}
+    assert seen["request"]["train_ds"] == str(tmp_path / "train.json") and len(cases) == 2
+    for bad in (["--max_epochs", "0"], ["--lr", "-1"], ["--dice_batch", "maybe"]):
+        with pytest.raises(SystemExit):
+            cli.main(["--train_ds", str(tmp_path / "train.json"), "--model_dir", str(tmp_path / "m")] + bad)

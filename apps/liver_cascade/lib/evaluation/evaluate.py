@@ -21,8 +21,9 @@ file name):
   it holds ``segmentation-N`` files, else ``datastore``.
 
 Shapes must match (error otherwise); the voxel spacing comes from the reference
-header; a prediction whose affine differs from its reference's is evaluated with a
-warning. References without a prediction are listed and skipped (``--require-all``
+header; a prediction stored in another voxel order on the same grid (e.g. LPS against
+RAS) is reoriented to the reference's; one on another grid is evaluated voxel-wise with a
+warning. Labels must hold 0, 1 and 2 only (error otherwise: 3, 0.6 or HU are not labels). References without a prediction are listed and skipped (``--require-all``
 makes them an error).
 
 Writes to OUT_DIR: ``per_case.csv`` (every metric of ``lib.evaluation.metrics.
@@ -200,9 +201,24 @@ def load_label_volume(path) -> Tuple[np.ndarray, nib.spatialimages.SpatialImage]
         data = data[..., 0]
     if data.ndim != 3:
         raise ValueError(f"{path}: expected a 3D label volume, got shape {data.shape}")
-    if np.issubdtype(data.dtype, np.floating):
-        data = np.rint(data)
-    return np.clip(data, 0, 255).astype(np.uint8), img
+    values = np.unique(data)
+    bad = [v for v in values.tolist() if v not in (0, 1, 2)]  # 1.0 == 1; NaN, 0.6, 3, -1 are not labels
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        raise ValueError(f"{path}: a LiTS label holds 0, 1 and 2 only, found {shown}"
+                         + (" (an image, not a label?)" if len(bad) > 5 else ""))
+    return data.astype(np.uint8), img
+
+
+def on_reference_grid(pred: np.ndarray, pred_affine, ref_affine):
+    """``pred`` in the reference's voxel order when it is the same grid stored with other axis order or
+    directions (an LPS file against RAS references), else None."""
+    pred_affine, ref_affine = np.asarray(pred_affine, float), np.asarray(ref_affine, float)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(pred_affine),
+                                           nib.orientations.io_orientation(ref_affine))
+    moved = nib.orientations.apply_orientation(pred, ornt)
+    affine = pred_affine @ nib.orientations.inv_ornt_aff(ornt, pred.shape)
+    return None if _affines_differ(affine, ref_affine) else np.ascontiguousarray(moved)
 
 
 def _affines_differ(a: np.ndarray, b: np.ndarray) -> bool:
@@ -355,12 +371,18 @@ def evaluate_folders(
     for case in cases:
         ref, ref_img = load_label_volume(case.ref)
         pred, pred_img = load_label_volume(case.pred)
+        pred_affine = pred_img.affine
+        if _affines_differ(pred_affine, ref_img.affine):
+            moved = on_reference_grid(pred, pred_affine, ref_img.affine)
+            if moved is not None:  # the same voxels in another order: compared where they are
+                pred, pred_affine = moved, ref_img.affine
+                warnings.append(f"{case.name}: prediction stored in another voxel order, reoriented to the reference's")
+            else:
+                warnings.append(f"{case.name}: prediction affine differs from the reference's (evaluated voxel-wise)")
         if pred.shape != ref.shape:
             raise ValueError(
                 f"{case.name}: prediction {case.pred} has shape {pred.shape}, reference {case.ref} has {ref.shape}"
             )
-        if _affines_differ(pred_img.affine, ref_img.affine):
-            warnings.append(f"{case.name}: prediction affine differs from the reference's (evaluated voxel-wise)")
         spacing = tuple(float(z) for z in ref_img.header.get_zooms()[:3])
         row: Dict[str, Any] = {"case": case.name, "reference": case.ref.name, "prediction": case.pred.name}
         row.update(evaluate_case(pred, ref, spacing, distances=distances))
@@ -369,7 +391,7 @@ def evaluate_folders(
             print(f"{case.name}: liver Dice {_pct(row['liver_dice'])} %, lesion Dice {_pct(row['lesion_dice'])} %",
                   file=sys.stderr, flush=True)
         if report:
-            reports.append((case.name, lesion_report(pred, pred_img.affine, image_hu=hu_for(case.key, pred.shape),
+            reports.append((case.name, lesion_report(pred, pred_affine, image_hu=hu_for(case.key, pred.shape),
                                                      min_volume_ml=min_lesion_ml)))
     if report:  # every predicted volume, also those without a reference
         for key, path in unmatched:

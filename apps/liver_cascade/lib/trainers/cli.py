@@ -6,7 +6,9 @@
 
 ``--train_ds``/``--val_ds`` take JSON datalists ([{"image": ..., "label": ...}])
 instead of the datastore's final labels, e.g. to oversample some volumes.
-Any other ``--key value`` is passed to the train request (lr, samples_per_volume...).
+Any other ``--key value`` is passed to the train request (lr, samples_per_volume...), checked as
+the server checks it; ``--key`` alone is a switch (true). ``--model-dir`` and ``--model_dir`` are the
+same option. The default ``--model_dir`` is the app's own model folder: the server's weights.
 """
 
 import argparse
@@ -21,6 +23,7 @@ if not __package__:
 
 from lib.conf import AppConf  # noqa: E402
 from lib.trainers import make_trainer  # noqa: E402
+from lib.trainers.liver import check_recipe  # noqa: E402
 
 
 class _ListDatastore:
@@ -42,6 +45,14 @@ def _value(v: str):
     return v
 
 
+def _underscored(arg: str) -> str:
+    """``--model-dir=a-b`` -> ``--model_dir=a-b``: the option's name only, never its value."""
+    if not arg.startswith("--"):
+        return arg
+    key, eq, value = arg[2:].partition("=")
+    return "--" + key.replace("-", "_") + eq + value
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datastore", help="MONAI Label datastore folder (images + labels/final)")
@@ -50,11 +61,28 @@ def main(argv=None):
     ap.add_argument("--models", default="liver_resnet,liver_cascade")
     ap.add_argument("--model_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "model"))
     ap.add_argument("--preset", default=None)
+    # --model-dir is --model_dir (the request's keys, like the recipe's, use underscores)
+    argv = [_underscored(a) for a in (sys.argv[1:] if argv is None else argv)]
     args, rest = ap.parse_known_args(argv)
     request = {}
-    for k, v in zip(rest[::2], rest[1::2]):
-        request[k.lstrip("-")] = _value(v)
+    i = 0
+    while i < len(rest):
+        key = rest[i]
+        if not key.startswith("--") or len(key) < 3:
+            ap.error(f"expected --key [value], got {key!r}")
+        key, _, inline = key[2:].partition("=")
+        if inline:
+            request[key], i = _value(inline), i + 1
+        elif i + 1 < len(rest) and not rest[i + 1].startswith("--"):
+            request[key], i = _value(rest[i + 1]), i + 2
+        else:  # a switch given alone
+            request[key], i = True, i + 1
+    try:
+        check_recipe(request)
+    except ValueError as e:
+        ap.error(str(e))
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info(f"training {args.models} into {os.path.abspath(args.model_dir)}")
     conf = {"preset": args.preset} if args.preset else {}
     app_conf = AppConf.from_conf(conf, args.model_dir)
     if args.train_ds:
