@@ -895,7 +895,11 @@ def generate_phantom(
     spacing: (x, y, z) mm; any entry may be None to keep the seed's draw
         (in-plane 0.6-0.9 mm, thickness one of SLICE_THICKNESSES).
     n_lesions: number of lesions to place (default 0-8 by seed); fewer are
-        placed only when the liver is too small to hold them apart.
+        placed only when the liver is too small to hold them apart. Centres are
+        kept apart by the radii (the other lesion's with its border's wobble)
+        plus 2 mm, not the new lesion's wobble: two irregular lesions can still
+        touch, so the label may hold fewer 3D components than `lesions` lists
+        (seed 6 at 256x256: 7 drawn, 6 components).
     orientation: a key of ORIENTATIONS (default: drawn from the seed).
     phase: a contrast phase of PHASES (default: drawn from the seed, half each).
     """
