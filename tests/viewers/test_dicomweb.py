@@ -64,9 +64,10 @@ def test_final_label_is_stored_as_dicom_seg(tmp_path, phantom_series, orthanc, d
         assert s.SegmentNumber == LABELS[name]
         assert list(s.RecommendedDisplayCIELabValue) == pydicom_seg.template.rgb_to_cielab(list(LABEL_COLORS[name]))
     referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
-    sources = {pydicom.dcmread(str(f), stop_before_pixels=True).SOPInstanceUID
-               for f in (out / "dicom" / "phantom_001").iterdir()}
-    assert referenced <= sources and referenced
+    headers = [pydicom.dcmread(str(f), stop_before_pixels=True) for f in (out / "dicom" / "phantom_001").iterdir()]
+    assert referenced <= {h.SOPInstanceUID for h in headers} and referenced
+    # the CT's frame of reference (pydicom-seg 0.4.1 writes a new one, which strict viewers refuse to overlay)
+    assert seg.FrameOfReferenceUID == headers[0].FrameOfReferenceUID
 
     # the series is now labelled, and its label (read back from the SEG) is the one we saved
     stats = requests.get(f"{dicomweb_server.url}/datastore/", params={"output": "stats"}).json()
@@ -81,6 +82,71 @@ def test_final_label_is_stored_as_dicom_seg(tmp_path, phantom_series, orthanc, d
     assert np.array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(expected))
     r = requests.post(f"{dicomweb_server.url}/activelearning/first", json={}, timeout=60)
     assert r.status_code == 200 and r.json().get("id") != uid
+
+
+def test_bad_labels_are_refused_and_nothing_is_stored(tmp_path, phantom_series, orthanc, dicomweb_server):
+    """As on the local datastore: a label off the series' grid, of values other than 0/1/2, or empty
+    gets 400 and no SEG (some were stored, silently resampled or truncated; others answered 500)."""
+    import nibabel as nib
+
+    out, _ = phantom_series
+    uid = series_uid(phantom_series, "phantom_000")
+    truth = nib.load(str(out / "datastore" / "labels" / "final" / "phantom_000.nii.gz"))
+    good = np.asarray(truth.dataobj).astype(np.uint8)
+    before = len(orthanc.instance_files("SEG"))
+    shifted = truth.affine.copy()
+    shifted[:3, 3] += 300
+    cases = {
+        "values 0/1/3": (np.where(good == 2, 3, good).astype(np.uint8), truth.affine),
+        "fractional": (good.astype(np.float32) * 1.4, truth.affine),
+        "negative": (good.astype(np.int16) * -1, truth.affine),
+        "part of the slices": (good[:, :, : good.shape[2] // 2], truth.affine),
+        "shifted 300 mm": (good, shifted),
+        "empty": (np.zeros_like(good), truth.affine),
+    }
+    for name, (arr, affine) in cases.items():
+        path = tmp_path / "bad.nii.gz"
+        nib.save(nib.Nifti1Image(arr, affine), str(path))
+        with open(path, "rb") as f:
+            r = requests.put(f"{dicomweb_server.url}/datastore/label", params={"image": uid, "tag": "final"},
+                             files={"label": ("bad.nii.gz", f)}, timeout=120)
+        assert r.status_code == 400 and "not saved" in r.text, (name, r.status_code, r.text[:300])
+    with open(out / "datastore" / "labels" / "final" / "phantom_000.nii.gz", "rb") as f:
+        r = requests.put(f"{dicomweb_server.url}/datastore/label", params={"image": "1.2.3.4.5", "tag": "final"},
+                         files={"label": ("x.nii.gz", f)}, timeout=120)
+    assert r.status_code == 404, r.text[:300]
+    assert len(orthanc.instance_files("SEG")) == before
+    r = requests.delete(f"{dicomweb_server.url}/datastore/label", params={"id": uid, "tag": "final"}, timeout=60)
+    assert r.status_code == 501 and "SEG" in r.text  # not a silent 200 that deletes nothing
+    r = requests.post(f"{dicomweb_server.url}/infer/liver_cascade", params={"image": uid, "output": "dicom_seg"},
+                      timeout=60)
+    assert r.status_code == 400 and "output=image" in r.text  # at once, not after the inference
+
+
+def test_a_dicomweb_server_that_goes_down_gets_503_fast(tmp_path, phantom_series):
+    """With the DICOMweb server down, requests answered a bare 500 after 30 s of retries."""
+    import time
+
+    from orthanc_server import OrthancServer
+
+    require_orthanc()
+    app = helpers.untrained_app(tmp_path / "app")
+    with OrthancServer(helpers.free_port(), tmp_path / "orthanc") as orthanc:
+        orthanc.upload([phantom_series[0] / "dicom" / "phantom_000"])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MONAI_LABEL_DATASTORE_CACHE_PATH", str(tmp_path / "cache"))
+            mp.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
+            server = helpers.Server(app, orthanc.dicomweb, {"models": "liver_resnet"}, tmp_path / "server.log")
+    try:
+        from lib.dicomweb import LIST_CACHE_SECONDS
+
+        time.sleep(LIST_CACHE_SECONDS + 1)  # past the datastore's list cache (it answers from it meanwhile)
+        t0 = time.time()
+        r = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60)
+        assert r.status_code == 503 and "unreachable" in r.json()["detail"], r.text[:300]
+        assert time.time() - t0 < 10
+    finally:
+        server.stop()
 
 
 def test_ohif_files_and_fixes_are_served(dicomweb_server):

@@ -33,9 +33,11 @@ from monailabel.datastore.local import LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
+from fastapi import HTTPException
 from pydicom.dataset import Dataset
 
 from lib.settings import BACKGROUND, LABEL_COLORS, LABELS
+from lib.validation import InputError, check_label_matches
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,9 @@ def create_dicomweb_datastore(studies: str, cache_path: Optional[str] = None) ->
     client = DICOMwebClientX(url=studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
                              wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
                              stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+    # a DICOMweb server that is down answers 503 in about a second instead of 30 s of back-off
+    # (lib/server_guard.py turns the connection error into 503); busy answers are still retried
+    client.set_http_retry_params(max_attempts=3, wait_exponential_multiplier=250)
     cache = (cache_path or settings.MONAI_LABEL_DATASTORE_CACHE_PATH or settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip()
     return LiverDICOMWebDatastore(client, search_filter=settings.MONAI_LABEL_DICOMWEB_SEARCH_FILTER,
                                   cache_path=cache or None, fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME)
@@ -175,7 +180,12 @@ def label_to_seg(label: sitk.Image, source_files: List[str], description: str) -
     writer = pydicom_seg.MultiClassWriter(template=template, inplane_cropping=False, skip_empty_slices=True,
                                           skip_missing_segment=False)
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+    frame_of_reference = sources[0].get("FrameOfReferenceUID")  # read first: write() changes the sources' too
     dcm = writer.write(sitk.Cast(label, sitk.sitkUInt8), sources)
+    # the CT's frame of reference, as DICOM requires of a SEG derived from it (pydicom-seg 0.4.1 copies
+    # it, then writes a new UID over it; strict readers then refuse to overlay the SEG)
+    if frame_of_reference:
+        dcm.FrameOfReferenceUID = frame_of_reference
     now = time.strftime("%Y%m%d%H%M%S")
     dcm.SeriesDate = dcm.ContentDate = now[:8]
     dcm.SeriesTime = dcm.ContentTime = now[8:]
@@ -291,16 +301,25 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
                    label_id: str = "") -> str:
         image_uri = self.get_image_uri(image_id)
         if not image_uri:
-            raise ValueError(f"Image {image_id} is not a series of {self.name()}")
+            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not a series of {self.name()}; "
+                                                        "label not saved")
         tmp = None
         if "".join(Path(label_filename).suffixes) == ".bin":  # OHIF sends the raw voxel array
             label_filename = tmp = binary_to_image(image_uri, label_filename)
         try:
+            try:  # as the local datastore: on the series' grid, values 0/1/2; nothing is stored otherwise
+                check_label_matches(label_filename, image_uri, any_voxel_order=True)
+            except InputError as e:
+                raise HTTPException(status_code=e.status, detail=f"label not saved: {e}") from e
             if label_tag != DefaultLabelTag.FINAL:
                 return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
             reference = sitk.ReadImage(image_uri)
+            # the grids match (checked): resampling puts the label in the series' voxel order
             label = sitk.Resample(sitk.ReadImage(label_filename), reference, sitk.Transform(),
                                   sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+            if not sitk.GetArrayViewFromImage(label).any():
+                raise HTTPException(status_code=400, detail="label not saved: it is empty (nothing to store as "
+                                                            "DICOM SEG)")
             dcm = label_to_seg(label, axial_series_files(self._download(image_id)), "liver_cascade")
             self._client.store_instances([dcm])
             seg_uid = str(dcm.SeriesInstanceUID)
@@ -314,3 +333,9 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         finally:
             if tmp:
                 os.unlink(tmp)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        if label_tag == DefaultLabelTag.FINAL:  # a final label is a SEG in the DICOMweb server: not ours to delete
+            raise HTTPException(status_code=501, detail="final labels are DICOM SEG series in the DICOMweb server; "
+                                                        "delete the SEG series there (e.g. Orthanc's interface)")
+        LocalDatastore.remove_label(self, label_id, label_tag)

@@ -13,7 +13,9 @@ import inspect
 import json
 import logging
 
+import requests
 from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 
 from lib.datastore import check_name
 from lib.trainers.liver import check_recipe
@@ -128,7 +130,6 @@ def _wrap(module, name, check):
 def install(app_instance, max_upload_bytes: int) -> None:
     """Put the checks in front of MONAI Label's endpoints (idempotent)."""
     import monailabel.app as server
-    from monailabel.datastore.dicom import DICOMWebDatastore
     from monailabel.endpoints import activelearning, datastore, infer, scoring, train
 
     infer_signature = inspect.signature(infer.run_inference)
@@ -139,10 +140,11 @@ def install(app_instance, max_upload_bytes: int) -> None:
         if not a.get("file") and not a.get("image") and not a.get("session_id"):
             raise HTTPException(status_code=400, detail="image: a datastore image id, an uploaded file or a session "
                                                         "id is needed")
-        if getattr(a.get("output"), "value", a.get("output")) == "dicom_seg" and not isinstance(
-                app_instance.datastore(), DICOMWebDatastore):
-            raise HTTPException(status_code=400, detail="output=dicom_seg needs a DICOMweb datastore; this server's "
-                                                        "studies are files: use output=image")
+        if getattr(a.get("output"), "value", a.get("output")) == "dicom_seg":
+            # monailabel 0.8.5 writes it with dcmqi, which this app does not download (offline)
+            raise HTTPException(status_code=400, detail="output=dicom_seg is not offered: use output=image, and save a "
+                                                        "final label with PUT /datastore/label (on a DICOMweb "
+                                                        "datastore it is stored there as DICOM SEG)")
 
     def strategy_check(strategy, *a, **k):
         if strategy not in app_instance._strategies:
@@ -175,6 +177,15 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(datastore, "add_image", datastore_check)
     _wrap(train, "run_model", train_check)
     _wrap(train, "run", train_all_check)
+
+    async def dicomweb_unreachable(request, exc):
+        return JSONResponse(status_code=503, content={
+            "detail": f"the DICOMweb server is unreachable ({type(exc).__name__}); try again when it is back"})
+
+    if requests.exceptions.ConnectionError not in server.app.exception_handlers:
+        server.app.add_exception_handler(requests.exceptions.ConnectionError, dicomweb_unreachable)
+        server.app.add_exception_handler(requests.exceptions.Timeout, dicomweb_unreachable)
+        server.app.middleware_stack = None  # rebuilt on the next request, with the handlers
 
     stack = server.app.middleware_stack
     if stack is not None and not isinstance(stack, UploadLimit):

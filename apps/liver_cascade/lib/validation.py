@@ -144,14 +144,24 @@ def check_volume_file(path: str, max_voxels: int, min_in_plane: int = 16, verify
     return g
 
 
-def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, values: bool = True) -> Geometry:
+def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, values: bool = True,
+                        any_voxel_order: bool = False) -> Geometry:
     """A label must cover its image voxel for voxel (same shape, same place in space), and (``values``)
-    hold only the app's label values."""
+    hold only the app's label values. With ``any_voxel_order`` the same grid stored with its axes in
+    another order or direction passes too (a label for a DICOM series, written by another program)."""
     lab = read_geometry(label_path)
     img = read_geometry(image_path)
-    if len(lab.shape) < 3 or lab.shape[:3] != img.shape[:3] or any(s != 1 for s in lab.shape[3:]):
+    if len(lab.shape) < 3 or any(s != 1 for s in lab.shape[3:]):
         raise InputError(f"the label's shape {list(lab.shape)} does not match its image's {list(img.shape)}")
     la, ia = np.asarray(lab.affine, float), np.asarray(img.affine, float)
+    if any_voxel_order:  # the label's grid in the image's axis order
+        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(la), nib.orientations.io_orientation(ia))
+        la = la @ nib.orientations.inv_ornt_aff(ornt, lab.shape[:3])
+        shape = tuple(int(lab.shape[int(i)]) for i in np.argsort(ornt[:, 0]))
+    else:
+        shape = tuple(lab.shape[:3])
+    if shape != tuple(img.shape[:3]):
+        raise InputError(f"the label's shape {list(lab.shape)} does not match its image's {list(img.shape)}")
     scale = max(1.0, float(np.abs(ia[:3, :3]).max()))
     if not np.allclose(la[:3, :3], ia[:3, :3], atol=tol * scale) or not np.allclose(la[:3, 3], ia[:3, 3], atol=1.0):
         raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
