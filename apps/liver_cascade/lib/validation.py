@@ -182,7 +182,8 @@ def check_label_values(path: str) -> None:
             data = sitk.GetArrayFromImage(sitk.ReadImage(path))  # a copy: a view dies with its image
     except Exception as e:
         raise InputError(f"could not read the label's voxels ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    values = np.unique(data)
+    # uint8 (the usual label) by counting: np.unique sorts, seconds on a 512x512x400 label
+    values = np.flatnonzero(np.bincount(data.ravel(), minlength=1)) if data.dtype == np.uint8 else np.unique(data)
     bad = [v for v in values.tolist() if not (np.isfinite(v) and v in allowed)]
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")

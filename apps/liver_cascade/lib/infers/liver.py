@@ -441,10 +441,10 @@ class LesionReportd:
             min_volume_ml=float(d.get("min_lesion_ml", self.min_volume_ml)),
             axial_axis=2,
         )
-        # computed on the RAS-oriented label; its voxel indices are given in the file's own order, the
-        # order of the returned label
         # components DropSmallLesionsd already drew as liver count as below the minimum too
         report["n_lesions_below_min_volume"] += int(d.get("small_lesions_dropped", 0))
+        # computed on the RAS-oriented label; its voxel indices are given in the file's own order, the
+        # order of the returned label
         d["lesion_report"] = in_file_voxels(report, affine, pred.meta.get("original_affine", affine))
         return d
 
