@@ -137,6 +137,8 @@ def test_a_dicomweb_server_that_goes_down_gets_503_fast(tmp_path, phantom_series
             mp.setenv("MONAI_LABEL_DATASTORE_CACHE_PATH", str(tmp_path / "cache"))
             mp.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
             server = helpers.Server(app, orthanc.dicomweb, {"models": "liver_resnet"}, tmp_path / "server.log")
+        conf_dir = orthanc.conf_dir
+    assert conf_dir and not conf_dir.exists()  # stopping Orthanc removes its temporary configuration
     try:
         from lib.dicomweb import LIST_CACHE_SECONDS
 

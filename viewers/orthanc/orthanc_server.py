@@ -48,6 +48,7 @@ class OrthancServer:
         self.log = Path(log) if log else self.storage / "orthanc.log"
         self.proc = None
         self._fh = None
+        self.conf_dir = None  # a temporary folder for the configuration, removed by stop()
 
     def config(self) -> dict:
         conf = json.loads(CONFIG.read_text())
@@ -60,7 +61,7 @@ class OrthancServer:
             raise RuntimeError(f"Debian packages missing: {' '.join(missing)} (apt-get install {' '.join(missing)})")
         self.storage.mkdir(parents=True, exist_ok=True)
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        conf_dir = Path(tempfile.mkdtemp(prefix="orthanc-conf-"))
+        self.conf_dir = conf_dir = Path(tempfile.mkdtemp(prefix="orthanc-conf-"))
         (conf_dir / "orthanc.json").write_text(json.dumps(self.config(), indent=1))
         self._fh = open(self.log, "w")
         self.proc = subprocess.Popen([ORTHANC_BIN, str(conf_dir / "orthanc.json")], stdout=self._fh,
@@ -89,6 +90,9 @@ class OrthancServer:
         if self._fh:
             self._fh.close()
             self._fh = None
+        if self.conf_dir:
+            shutil.rmtree(self.conf_dir, ignore_errors=True)
+            self.conf_dir = None
 
     def __enter__(self):
         return self.start()
