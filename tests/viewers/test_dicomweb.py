@@ -24,6 +24,9 @@ def test_infer_on_series_id_both_models(tmp_path, phantom_series, dicomweb_serve
     import SimpleITK as sitk
 
     uid = series_uid(phantom_series, "phantom_000")
+    # every series of the DICOMweb server is listed, fetched or not (MONAI Label listed only its cache)
+    objects = requests.get(f"{dicomweb_server.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+    assert {series_uid(phantom_series, name) for name in phantom_series[1]} <= set(objects)
     case = phantom_series[1]["phantom_000"]
     for model in ("liver_resnet", "liver_cascade"):
         r = requests.post(f"{dicomweb_server.url}/infer/{model}", params={"image": uid, "output": "image"}, timeout=300,

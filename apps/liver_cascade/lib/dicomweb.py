@@ -258,6 +258,21 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         images = set(self.list_images())
         return {k: sorted(v, key=lambda u: (self._seg_refs[u]["when"], u)) for k, v in by_image.items() if k in images}
 
+    def json(self):
+        """The local cache's listing (``GET /datastore/?output=all``), completed with every series of the
+        DICOMweb server: those not fetched yet are listed too (``"fetched": false``), with the SEG series
+        that make their final label. (MONAI Label lists only the cache: no series right after start.)"""
+        out = LocalDatastore.json(self)
+        objects = out.setdefault("objects", {})
+        segs = self._segs_by_image()
+        for uid in self.list_images():
+            obj = objects.setdefault(uid, {"image": {"ext": ".nii.gz", "info": {"fetched": False}}, "labels": {}})
+            labels = obj.setdefault("labels", {})
+            final = DefaultLabelTag.FINAL.value
+            if uid in segs and final not in labels:
+                labels[final] = {"ext": ".nii.gz", "info": {"seg_series": segs[uid], "fetched": False}}
+        return out
+
     def get_labeled_images(self, label_tag: Optional[str] = None, labels: Optional[List[str]] = None) -> List[str]:
         return self._cached("labeled", lambda: sorted(self._segs_by_image()))
 
