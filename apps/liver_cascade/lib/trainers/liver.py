@@ -118,7 +118,8 @@ def check_recipe(params: Dict[str, Any]) -> None:
             if isinstance(default, int) and number != int(number):
                 raise ValueError(f"training parameter {key} must be a whole number, got {value!r}")
             low_ok = number > 0 if key in _POSITIVE else number >= 0
-            if not low_ok or (key in _FRACTIONS and number >= (1 if key == "val_split" else 1.0000001)):
+            too_high = key in _FRACTIONS and (number >= 1 if key == "val_split" else number > 1)
+            if not low_ok or too_high:
                 bound = "> 0" if key in _POSITIVE else ">= 0"
                 if key in _FRACTIONS:
                     bound += ", < 1" if key == "val_split" else ", <= 1"
