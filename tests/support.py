@@ -96,3 +96,24 @@ def untrained_app(dst: Path) -> Path:
     app = copy_app(dst, with_weights=False)
     write_untrained_weights(app / "model")
     return app
+
+
+def layered_seg_nrrd(label, affine) -> bytes:
+    """A Slicer-style multi-layer segmentation: one component per layer (liver, lesion), each 0/1."""
+    import tempfile
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    layers = [sitk.GetImageFromArray(np.ascontiguousarray((label == v).astype(np.uint8).transpose(2, 1, 0)))
+              for v in (1, 2)]
+    img = sitk.Compose(layers)
+    lps = np.diag([-1.0, -1.0, 1.0]) @ affine[:3]
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    img.SetSpacing(spacing.tolist())
+    img.SetDirection((lps[:3, :3] / spacing).flatten().tolist())
+    img.SetOrigin(lps[:3, 3].tolist())
+    with tempfile.TemporaryDirectory() as tmp:
+        sitk.WriteImage(img, f"{tmp}/layers.seg.nrrd")
+        with open(f"{tmp}/layers.seg.nrrd", "rb") as f:
+            return f.read()

@@ -172,6 +172,14 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
         r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
                           data={"params": "{}"}, files={"label": ("moved.nii.gz", f)}, timeout=300)
     assert r.status_code == 400 and "grid" in r.text, r.text
+    from support import layered_seg_nrrd
+
+    layered = tmp_path / "layers.seg.nrrd"  # a multi-layer Slicer segmentation: refused, naming the label
+    layered.write_bytes(layered_seg_nrrd(ref.label, ref.affine))
+    with open(layered, "rb") as f:
+        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
+                          data={"params": "{}"}, files={"label": ("layers.seg.nrrd", f)}, timeout=300)
+    assert r.status_code == 400 and "label" in r.text and "layer" in r.text, r.text
     seg_values = liver * 5  # any segment value counts as liver: an annotator's labelmap is not checked for 0/1/2
     nib.save(nib.Nifti1Image(seg_values.astype(np.uint8), ref.affine), str(moved_file))
     with open(moved_file, "rb") as f:

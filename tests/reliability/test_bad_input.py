@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import requests
 
+import support
+
 MAX_VOXELS = 4_000_000  # the server under test refuses volumes above this (--conf max_voxels)
 AFFINE = np.diag([3.6, 3.6, 5.0, 1.0])
 
@@ -132,7 +134,7 @@ def _labels(server):
 
 
 @pytest.mark.parametrize("case", ["wrong shape", "wrong spacing", "not an image", "2D", "values 0/3/6",
-                                  "fractional values", "negative values", "NaN"])
+                                  "fractional values", "negative values", "NaN", "multi-layer .seg.nrrd"])
 def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server, phantom_ct, case):
     final = server.studies / "labels" / "final" / "labelled.nii.gz"
     before_bytes, before_labels = final.read_bytes(), _labels(server)
@@ -149,9 +151,11 @@ def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server
         "fractional values": nii_bytes(fitting + 0.37, affine=phantom_ct.affine),
         "negative values": nii_bytes(fitting.astype(np.int16) - 1, affine=phantom_ct.affine),
         "NaN": nii_bytes(nan, affine=phantom_ct.affine),
+        "multi-layer .seg.nrrd": support.layered_seg_nrrd(phantom_ct.label, phantom_ct.affine),
     }[case]
+    name = "labelled.seg.nrrd" if case.endswith("nrrd") else "labelled.nii.gz"
     r = requests.put(f"{server.url}/datastore/label", params={"image": "labelled", "tag": "final"},
-                     files={"label": ("labelled.nii.gz", io.BytesIO(data))}, timeout=60)
+                     files={"label": (name, io.BytesIO(data))}, timeout=60)
     assert r.status_code == 400, r.text
     assert "not saved" in r.json()["detail"]
     assert final.read_bytes() == before_bytes  # the annotator's label is untouched

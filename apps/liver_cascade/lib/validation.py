@@ -36,6 +36,7 @@ class Geometry:
     raw_spacing: Tuple[float, ...]  # as written in the header (may be 0 or negative)
     data_bytes: Optional[int]  # uncompressed voxel bytes the header promises
     data_offset: int  # where the voxels start in the (uncompressed) stream
+    components: int = 1  # values per voxel (a multi-layer Slicer .seg.nrrd has one per layer)
 
 
 def _is_gz(path: str) -> bool:
@@ -72,7 +73,7 @@ def _itk_geometry(path: str) -> Geometry:
     m[:k, :k] = (d * np.asarray(spacing))[:k, :k]
     m[:k, 3] = np.asarray(r.GetOrigin())[:k]
     m = np.diag([-1, -1, 1, 1]) @ m  # ITK is LPS
-    return Geometry(shape, m, spacing, None, 0)
+    return Geometry(shape, m, spacing, None, 0, int(r.GetNumberOfComponents()))
 
 
 def read_geometry(path: str) -> Geometry:
@@ -153,6 +154,10 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, val
     img = read_geometry(image_path)
     if len(lab.shape) < 3 or any(s != 1 for s in lab.shape[3:]):
         raise InputError(f"the label's shape {list(lab.shape)} does not match its image's {list(img.shape)}")
+    if lab.components > 1:
+        raise InputError(f"the label has {lab.components} values per voxel (a multi-layer segmentation, e.g. "
+                         "Slicer's with overlapping segments): send one labelmap of 0/1/2 (Slicer: collapse the "
+                         "segments into one layer, or export them as a labelmap)")
     la, ia = np.asarray(lab.affine, float), np.asarray(img.affine, float)
     if any_voxel_order:  # the label's grid in the image's axis order
         ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(la), nib.orientations.io_orientation(ia))
