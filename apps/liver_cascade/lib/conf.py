@@ -16,18 +16,18 @@ from lib.settings import DEFAULT_PRESET, PRESETS, model_filename
 logger = logging.getLogger(__name__)
 
 
+TRUE_VALUES, FALSE_VALUES = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
 def as_bool(value) -> bool:
     """A request or --conf value read as a switch: 1, true, yes or on (any case) is True."""
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-SWITCH_VALUES = ("1", "true", "yes", "on", "0", "false", "no", "off")
+    return str(value).strip().lower() in TRUE_VALUES
 
 
 def check_switch(name: str, value) -> None:
-    """A request's switch must say yes or no (``SWITCH_VALUES``, any case, or a JSON boolean): "maybe"
-    is the caller's error, not "no"."""
-    if value is not None and str(value).strip().lower() not in SWITCH_VALUES:
+    """A request's switch must say yes or no (TRUE_VALUES or FALSE_VALUES, any case, or a JSON boolean):
+    "maybe" is the caller's error, not "no"."""
+    if value is not None and str(value).strip().lower() not in TRUE_VALUES + FALSE_VALUES:
         raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
@@ -63,9 +63,9 @@ def parse_crf(value, keep_lesions=None, default: Optional[str] = None) -> str:
     existed (true: "paper", or "liver" with ``keep_lesions`` true; false: "off"); nothing (None, "")
     means ``default`` (the server's --conf crf for a request), else CRF_MODES' first."""
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text in TRUE_VALUES:
         return "liver" if as_bool(keep_lesions) else "paper"
-    if text in ("0", "false", "no"):
+    if text in FALSE_VALUES:
         return "off"
     return parse_choice("crf", value, CRF_MODES, default)
 

@@ -264,7 +264,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         that make their final label. (MONAI Label lists only the cache: no series right after start.)"""
         out = LocalDatastore.json(self)
         objects = out.setdefault("objects", {})
-        segs = self._segs_by_image()
+        segs = self._cached("segs", self._segs_by_image)  # one QIDO query per LIST_CACHE_SECONDS, as the lists
         for uid in self.list_images():
             obj = objects.setdefault(uid, {"image": {"ext": ".nii.gz", "info": {"fetched": False}}, "labels": {}})
             labels = obj.setdefault("labels", {})
@@ -332,10 +332,10 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             # the grids match (checked): resampling puts the label in the series' voxel order
             label = sitk.Resample(sitk.ReadImage(label_filename), reference, sitk.Transform(),
                                   sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            if not sitk.GetArrayViewFromImage(label).any():
-                raise HTTPException(status_code=400, detail="label not saved: it is empty (nothing to store as "
-                                                            "DICOM SEG)")
-            dcm = label_to_seg(label, axial_series_files(self._download(image_id)), "liver_cascade")
+            try:
+                dcm = label_to_seg(label, axial_series_files(self._download(image_id)), "liver_cascade")
+            except ValueError as e:  # an empty label: nothing to store as DICOM SEG
+                raise HTTPException(status_code=400, detail=f"label not saved: {e}") from e
             self._client.store_instances([dcm])
             seg_uid = str(dcm.SeriesInstanceUID)
             self._seg_refs[seg_uid] = {"image": image_id, "study": str(dcm.StudyInstanceUID),

@@ -145,6 +145,16 @@ def check_volume_file(path: str, max_voxels: int, min_in_plane: int = 16, verify
     return g
 
 
+def in_axis_order_of(affine, shape, target_affine):
+    """(nibabel orientation transform, affine, shape) that put an array of ``shape`` with ``affine`` in
+    the axis order and directions of ``target_affine`` (apply it with nib.orientations.apply_orientation)."""
+    affine, target_affine = np.asarray(affine, float), np.asarray(target_affine, float)
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(affine),
+                                           nib.orientations.io_orientation(target_affine))
+    moved = affine @ nib.orientations.inv_ornt_aff(ornt, tuple(shape))
+    return ornt, moved, tuple(int(shape[int(i)]) for i in np.argsort(ornt[:, 0]))
+
+
 def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, values: bool = True,
                         any_voxel_order: bool = False) -> Geometry:
     """A label must cover its image voxel for voxel (same shape, same place in space), and (``values``)
@@ -160,9 +170,7 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, val
                          "segments into one layer, or export them as a labelmap)")
     la, ia = np.asarray(lab.affine, float), np.asarray(img.affine, float)
     if any_voxel_order:  # the label's grid in the image's axis order
-        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(la), nib.orientations.io_orientation(ia))
-        la = la @ nib.orientations.inv_ornt_aff(ornt, lab.shape[:3])
-        shape = tuple(int(lab.shape[int(i)]) for i in np.argsort(ornt[:, 0]))
+        _, la, shape = in_axis_order_of(la, lab.shape[:3], ia)
     else:
         shape = tuple(lab.shape[:3])
     if shape != tuple(img.shape[:3]):

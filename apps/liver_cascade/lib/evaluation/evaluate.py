@@ -56,6 +56,7 @@ from lib.evaluation.lesion_report import (  # noqa: E402
     report_to_rows,
 )
 from lib.evaluation.metrics import IOU_THRESHOLDS, evaluate_case, iou_key, summarize  # noqa: E402
+from lib.validation import in_axis_order_of  # noqa: E402
 
 LAYOUTS = ("auto", "lits", "datastore")
 NIFTI_EXTS = (".nii.gz", ".nii")
@@ -213,12 +214,10 @@ def load_label_volume(path) -> Tuple[np.ndarray, nib.spatialimages.SpatialImage]
 def on_reference_grid(pred: np.ndarray, pred_affine, ref_affine):
     """``pred`` in the reference's voxel order when it is the same grid stored with other axis order or
     directions (an LPS file against RAS references), else None."""
-    pred_affine, ref_affine = np.asarray(pred_affine, float), np.asarray(ref_affine, float)
-    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(pred_affine),
-                                           nib.orientations.io_orientation(ref_affine))
-    moved = nib.orientations.apply_orientation(pred, ornt)
-    affine = pred_affine @ nib.orientations.inv_ornt_aff(ornt, pred.shape)
-    return None if _affines_differ(affine, ref_affine) else np.ascontiguousarray(moved)
+    ornt, affine, _ = in_axis_order_of(pred_affine, pred.shape, ref_affine)
+    if _affines_differ(affine, ref_affine):
+        return None
+    return np.ascontiguousarray(nib.orientations.apply_orientation(pred, ornt))
 
 
 def _affines_differ(a: np.ndarray, b: np.ndarray) -> bool:

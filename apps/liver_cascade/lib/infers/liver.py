@@ -349,8 +349,9 @@ class LiverSegmentation(BasicInferTask):
                 raise InvalidRequestError(f"{key} must be finite voxel indices, got {raw!r}")
             pts[key] = to_oriented_index(raw, original, image.affine, shape)
             if len(pts[key]) != len(raw):  # a click the annotator thinks counted must not be dropped silently
+                file_shape = [int(v) for v in image.meta.get("spatial_shape", shape)]  # as loaded, before Orientationd
                 raise InvalidRequestError(f"{key}: a point is outside the image (voxel indices within "
-                                          f"{list(_file_shape(shape, original, image.affine))}), got {raw!r}")
+                                          f"{file_shape}), got {raw!r}")
         return pts["foreground"], pts["background"]
 
     # -- writing --------------------------------------------------------------
@@ -375,15 +376,6 @@ class LiverSegmentation(BasicInferTask):
         if "lesion_report" in data:
             result["lesion_report"] = data["lesion_report"]
         return path, result
-
-
-def _file_shape(shape, original_affine, current_affine) -> Tuple[int, ...]:
-    """The file's array shape, from the RAS-oriented ``shape`` (Orientationd only permutes and flips)."""
-    to_file = np.linalg.inv(np.asarray(original_affine, float)) @ np.asarray(current_affine, float)
-    out = [0, 0, 0]
-    for axis in range(3):
-        out[int(np.argmax(np.abs(to_file[:3, axis])))] = int(shape[axis])
-    return tuple(out)
 
 
 def geometry_only(image: MetaTensor) -> MetaTensor:
