@@ -91,6 +91,7 @@ def test_weight_average_publishes_the_mean_of_the_last_epochs(tmp_path):
     assert bn_mean.abs().sum() > 0 and not torch.allclose(bn_var, torch.ones_like(bn_var))
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert stats["swa_epochs"] == [2, 3] and stats["done"] is True
+    assert stats["swa_published"] and ckpt["meta"]["val_mean_dice"] == stats["swa_metric"] is not None
 
 
 def test_a_round_that_does_worse_keeps_the_model_in_place(tmp_path):
@@ -142,3 +143,23 @@ def test_trainer_cli_reads_options_as_the_server_does(tmp_path, monkeypatch):
     for bad in (["--max_epochs", "0"], ["--lr", "-1"], ["--dice_batch", "maybe"]):
         with pytest.raises(SystemExit):
             cli.main(["--train_ds", str(tmp_path / "train.json"), "--model_dir", str(tmp_path / "m")] + bad)
+
+
+def test_a_weight_average_that_does_worse_keeps_the_model_in_place(tmp_path):
+    """swa_from with publish: better: the average is validated like any epoch and not published when
+    it does worse than the model in place before the run (it was published unvalidated)."""
+    from lib.trainers.cli import main
+
+    _datalists(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)
+    shipped = (model_dir / "liver_resnet_lite.pt").read_bytes()
+    main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+          "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "2", "--swa_from", "0.5", "--samples_per_volume",
+          "2", "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"])
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert stats["swa_epochs"] == [2]
+    assert stats["swa_metric"] < stats["baseline_metric"] and not stats["swa_published"]
+    assert stats["kept_model_in_place"]
+    assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped

@@ -400,7 +400,7 @@ class LiverSliceTrainer(BasicTrainTask):
         context.trainer.add_event_handler(Events.ITERATION_COMPLETED, progress.on_iteration)
         swa_from = float(context.request.get("swa_from", 0.0))
         if swa_from > 0:
-            swa = WeightAverage(self, context, first_epoch=int(swa_from * context.max_epochs) + 1)
+            swa = WeightAverage(self, context, first_epoch=int(swa_from * context.max_epochs) + 1, progress=progress)
             context.trainer.add_event_handler(Events.EPOCH_COMPLETED, swa.on_epoch)
             context.trainer.add_event_handler(Events.COMPLETED, swa.on_completed)
             progress.swa = swa
@@ -430,14 +430,17 @@ class WeightAverage:
     """Stochastic weight averaging (Izmailov et al. 2018), opt-in with ``swa_from``.
 
     The weights after every epoch from ``first_epoch`` on are averaged; at the end the batch-norm
-    statistics are recomputed with one pass over the training data and the average is published in
-    place of the best-validation checkpoint (a phantom validation set did not predict real-CT quality,
-    docs/RESULTS.md)."""
+    statistics are recomputed with one pass over the training data, the average is validated, and it is
+    published in place of the best-validation checkpoint (a phantom validation set did not predict
+    real-CT quality, docs/RESULTS.md); with ``publish: better``, only if it validates at least as well
+    as the model in place before the run."""
 
-    def __init__(self, task: "LiverSliceTrainer", context: Context, first_epoch: int):
-        self.task, self.context, self.first_epoch = task, context, max(1, first_epoch)
+    def __init__(self, task: "LiverSliceTrainer", context: Context, first_epoch: int, progress: "TrainingProgress"):
+        self.task, self.context, self.first_epoch, self.progress = task, context, max(1, first_epoch), progress
         self.model: Optional[torch.optim.swa_utils.AveragedModel] = None
         self.epochs: List[int] = []
+        self.score: Optional[float] = None  # val_mean_dice of the average, when there is a validation set
+        self.published = False
 
     def _net(self):
         net = self.context.network
@@ -473,13 +476,24 @@ class WeightAverage:
             logger.warning(f"[{self.task.task}] swa_from: no epoch reached {self.first_epoch}; nothing averaged")
             return
         self.update_bn(engine.state.dataloader, next(self._net().parameters()).device)
-        ctx = self.context
+        ctx, progress = self.context, self.progress
+        if ctx.evaluator is not None and not ctx.multi_gpu:
+            self.score = progress.validate(self.model.module.state_dict())
+        if progress.baseline is not None and self.score is not None and self.score < progress.baseline:
+            logger.warning(f"[{self.task.task}] the average of epochs {self.epochs[0]}-{self.epochs[-1]} validates at "
+                           f"{self.score:.4f}, below the model in place before the run ({progress.baseline:.4f}): "
+                           "not published (publish: better)")
+            return
         save_checkpoint(
             self.task.publish_file, self.model.module, self.task.arch, self.task.preset, self.task.in_channels,
-            meta=checkpoint_meta(self.task, ctx, epoch=engine.state.epoch, swa_epochs=self.epochs),
+            meta=checkpoint_meta(self.task, ctx, epoch=engine.state.epoch, swa_epochs=self.epochs,
+                                 val_mean_dice=self.score),
         )
+        self.published = True
         logger.info(f"[{self.task.task}] published the average of epochs {self.epochs[0]}-{self.epochs[-1]} "
-                    f"({len(self.epochs)} epochs) -> {os.path.basename(self.task.publish_file)}")
+                    f"({len(self.epochs)} epochs"
+                    + (f", val_mean_dice {self.score:.4f}" if self.score is not None else "")
+                    + f") -> {os.path.basename(self.task.publish_file)}")
 
 
 class TrainingProgress:
@@ -495,37 +509,47 @@ class TrainingProgress:
         self.curve_path = os.path.join(os.path.dirname(task.publish_file), f"{task.task}_{task.preset}_curve.png")
         self.swa: Optional[WeightAverage] = None
         self.baseline: Optional[float] = None  # the validation score of the model in place before the run
-        self._validating_baseline = False
+        self._validating_other_weights = False
 
     def on_started(self, engine):
         """With ``publish: better``, validate the model in place (if any) on this run's held-out volumes:
         an epoch is published only if it does at least as well, so a short or unlucky round never
         replaces a better model. Not with several GPUs (the validation there is collective)."""
         ctx = self.context
-        mode = parse_choice("publish", ctx.request.get("publish"), PUBLISH_MODES)
-        if mode != "better" or ctx.evaluator is None or not os.path.exists(self.task.publish_file):
+        if not self.publish_better() or not os.path.exists(self.task.publish_file):
             return
         if ctx.multi_gpu:
             logger.info(f"[{self.task.task}] several GPUs: the run's best epoch is published (publish: best)")
             return
-        net = ctx.network
         try:
             in_place, _ = load_checkpoint(self.task.publish_file)
-            initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            net.load_state_dict(in_place.state_dict())
+            self.baseline = self.validate(in_place.state_dict())
         except Exception as e:  # another preset or input layout: nothing to compare with
             logger.info(f"[{self.task.task}] the model in place is not comparable ({e}); publishing the best epoch")
             return
-        self._validating_baseline = True
-        try:
-            ctx.evaluator.run()
-        finally:
-            self._validating_baseline = False
-            net.load_state_dict(initial)
-        self.baseline = float(ctx.evaluator.state.metrics.get("val_mean_dice", -1.0))
         self.best = self.baseline
         logger.info(f"[{self.task.task}] the model in place validates at val_mean_dice {self.baseline:.4f}: an epoch "
                     "is published only if it does at least as well (publish: better)")
+
+    def publish_better(self) -> bool:
+        ctx = self.context
+        mode = parse_choice("publish", ctx.request.get("publish"), PUBLISH_MODES)
+        return mode == "better" and ctx.evaluator is not None
+
+    def validate(self, state_dict) -> float:
+        """val_mean_dice of other weights (the model in place, the weight average) on this run's held-out
+        volumes; the network's own weights are restored afterwards and no epoch row is written."""
+        ctx = self.context
+        net = ctx.network
+        initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        net.load_state_dict(state_dict)
+        self._validating_other_weights = True
+        try:
+            ctx.evaluator.run()
+        finally:
+            self._validating_other_weights = False
+            net.load_state_dict(initial)
+        return float(ctx.evaluator.state.metrics.get("val_mean_dice", -1.0))
 
     def on_iteration(self, engine):
         out = engine.state.output
@@ -534,7 +558,7 @@ class TrainingProgress:
         self.lr = self.context.optimizer.param_groups[0]["lr"]
 
     def __call__(self, engine):
-        if self._validating_baseline:
+        if self._validating_other_weights:
             return
         ctx = self.context
         trainer = ctx.trainer
@@ -569,8 +593,13 @@ class TrainingProgress:
         )
         self.write()
 
+    def kept_model_in_place(self) -> bool:
+        """True when this run published nothing over the model in place (publish: better)."""
+        return (self.baseline is not None and not any(r.get("published") for r in self.history)
+                and not (self.swa is not None and self.swa.published))
+
     def on_completed(self, engine):
-        if self.baseline is not None and not any(r.get("published") for r in self.history):
+        if self.kept_model_in_place():
             logger.warning(f"[{self.task.task}] no epoch validated as well as the model in place "
                            f"({self.baseline:.4f}): it was kept ({os.path.basename(self.task.publish_file)})")
         self.write(final=True)
@@ -584,14 +613,15 @@ class TrainingProgress:
             "max_epochs": self.context.max_epochs,
             "best_metric": self.best,
             "baseline_metric": self.baseline,  # the model in place before the run (publish: better)
-            "kept_model_in_place": bool(final and self.baseline is not None
-                                        and not any(r.get("published") for r in self.history)),
+            "kept_model_in_place": bool(final and self.kept_model_in_place()),
             "history": self.history,
             "model": self.task.publish_file,
             "done": final,
         }
         if self.swa is not None:
-            stats["swa_epochs"] = self.swa.epochs  # published at the end: their average, not the best epoch
+            stats["swa_epochs"] = self.swa.epochs  # averaged at the end, published instead of the best epoch
+            stats["swa_metric"] = self.swa.score  # unless below the model in place (publish: better)
+            stats["swa_published"] = self.swa.published
         os.makedirs(os.path.dirname(self.task._stats_path), exist_ok=True)
         tmp = self.task._stats_path + ".tmp"
         with open(tmp, "w") as f:
