@@ -43,6 +43,7 @@ from lib.transforms.transforms import (
     RestoreOrientationd,
     hu_window,
     liver_box,
+    redraw_foreground,
 )
 
 logger = logging.getLogger(__name__)
@@ -303,10 +304,10 @@ class LiverSegmentation(BasicInferTask):
         pred = MetaTensor(probs.cpu(), meta=image.meta)
         del probs
         crf = parse_crf(data.get("crf"), data.get("crf_keep_lesions"), default=self.conf.crf)
-        network_lesions = None
+        network_label = None
         if crf != "off":
-            if crf == "liver":
-                network_lesions = ProbsToLabeld(keys="pred")({"pred": pred})["pred"][0] == LABELS["lesion"]
+            if crf == "liver":  # the network's labels: the CRF redraws only their background / foreground split
+                network_label = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]
             t0 = time.time()
             pred = DenseCRFd(keys="pred", foreground_only=crf == "liver")({"pred": pred, "image": image})["pred"]
             timings["crf"] = round(time.time() - t0, 3)
@@ -318,12 +319,12 @@ class LiverSegmentation(BasicInferTask):
         if as_bool(data.get("keep_probs", False)):  # e.g. for uncertainty scoring
             data["probs"] = pred
         # probabilities -> LiTS labels here, not in post: the 3-class map is freed before post-processing
-        data["pred"] = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]
+        if network_label is None:
+            data["pred"] = ProbsToLabeld(keys="pred")({"pred": pred})["pred"]
+        else:  # the CRF's liver, and the network's lesions as they were
+            redraw_foreground(network_label[0], pred)
+            data["pred"] = network_label
         del pred
-        if network_lesions is not None:  # the CRF's liver, and the network's lesions as they were
-            label = data["pred"][0]
-            label[label > 0] = LABELS["liver"]
-            label[network_lesions] = LABELS["lesion"]
         data["inference_timings"] = timings
         data["models_used"] = [{"file": os.path.basename(m["path"]), "mtime": m["mtime"], "preset": m["preset"]}
                                for m in models]

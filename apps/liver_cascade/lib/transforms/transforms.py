@@ -87,6 +87,18 @@ class ProbsToLabeld(MapTransform):
         return d
 
 
+def redraw_foreground(label: torch.Tensor, probs) -> None:
+    """In place on a (X, Y, Z) uint8 label: liver where ``probs`` (3, X, Y, Z) rank liver or lesion above
+    background (as ProbsToLabeld's label > 0), background elsewhere; the label's lesions stay as they are.
+    The liver CRF's result: its foreground, with the network's lesions."""
+    p = torch.as_tensor(probs)
+    for z in range(0, p.shape[-1], 32):
+        c = p[..., z : z + 32].float()
+        part = label[..., z : z + 32]
+        liver = (torch.maximum(c[1], c[2]) > c[0]).to(torch.uint8) * LABELS["liver"]
+        part.copy_(torch.where(part == LABELS["lesion"], part, liver))
+
+
 def largest_component(mask: np.ndarray) -> np.ndarray:
     """The largest 26-connected component of a boolean volume, labelled on its bounding box only.
 
