@@ -73,8 +73,10 @@ def test_annotation_round(tmp_path, server_factory):
 
     # how much did the annotator correct? (original prediction vs final)
     wait_idle(url, "scoring")  # MONAI Label re-scores in the background after /activelearning
-    r = requests.post(f"{url}/scoring/correction_dice", params={"run_sync": "true"}, timeout=300)
+    # in a scoring process, as MONAI Label runs it: the server must see what that process stored
+    r = requests.post(f"{url}/scoring/correction_dice", timeout=300)
     assert r.status_code == 200, r.text
+    wait_idle(url, "scoring")
     info = requests.get(f"{url}/datastore/image/info", params={"image": image}, timeout=30).json()
     assert set(info["correction_dice"]) == {"liver", "lesion"}
 
@@ -101,3 +103,6 @@ def test_annotation_round(tmp_path, server_factory):
     for strategy in ("first", "random", "uncertainty"):
         r = requests.post(f"{url}/activelearning/{strategy}", json={}, timeout=300)
         assert r.status_code == 200 and r.json().get("id") not in ("case0", "case1", image)
+    # the server's own index writes (the strategies store scores) kept the scoring process's result
+    index = json.loads((studies / "datastore_v2.json").read_text())["objects"]
+    assert set(index[image]["image"]["info"]["correction_dice"]) == {"liver", "lesion"}

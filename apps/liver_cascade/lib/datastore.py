@@ -9,9 +9,14 @@
   into place, so a crash leaves either the old label or the new one, whole.
 - ``datastore_v2.json`` is written the same way; a corrupt one (from an older
   crash) is set aside and rebuilt from the files, which hold the labels.
+- The index is shared with the scoring and training processes MONAI Label
+  starts: each read takes in what another process wrote since, and each
+  update is a read-modify-write under the file lock, so neither side's
+  scores or labels overwrite the other's.
 """
 
 import fnmatch
+import functools
 import json
 import logging
 import os
@@ -23,7 +28,8 @@ from typing import Any, Dict
 
 from fastapi import HTTPException
 from filelock import FileLock
-from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from lib.validation import InputError, check_label_matches, check_volume_file
 
@@ -72,6 +78,22 @@ def _stamped(info: Dict[str, Any], name: str) -> Dict[str, Any]:
     return {**(info or {}), "ts": int(time.time()), "name": name}
 
 
+def _reading_the_current_index(cls):
+    """Each listed read first takes in what other processes wrote to the index (a stat when nothing did)."""
+    for name in ("datalist", "get_image_info", "get_label_info", "get_labels_by_image_id", "get_label_by_image_id",
+                 "get_labeled_images", "get_unlabeled_images", "list_images", "status", "json"):
+        read = getattr(cls, name)
+
+        @functools.wraps(read)
+        def fresh(self, *args, _read=read, **kwargs):
+            self._load_changed_index()
+            return _read(self, *args, **kwargs)
+
+        setattr(cls, name, fresh)
+    return cls
+
+
+@_reading_the_current_index
 class SafeLocalDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, max_voxels: int, external_symlinks: bool = False, **kwargs):
         self._max_voxels = max_voxels
@@ -132,6 +154,31 @@ class SafeLocalDatastore(LocalDatastore):
         else:
             write()
 
+    # -- the index, shared with other processes ----------------------------------------------------
+    def _index_mtime(self):
+        try:
+            return os.stat(self._datastore_config_path).st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _load_changed_index(self, locked: bool = False) -> None:
+        """Read the index again if another process wrote it since this one last read or wrote it.
+
+        MONAI Label runs scoring (and training) in subprocesses that write their results to the index.
+        The server notices such writes only through file-watch events, and a rename (how the index is
+        written, atomically) raises none it listens to: the scores never showed, and the server's next
+        write of its own copy erased them. ``locked``: the caller holds the file lock."""
+        ts = self._index_mtime()
+        if ts is None or ts == self._config_ts:
+            return
+        if not locked:
+            self._init_from_datastore_file()
+            return
+        with open(self._datastore_config_path) as f:
+            self._datastore = LocalDatastoreModel.model_validate_json(f.read())
+        self._datastore.base_path = self._datastore_path
+        self._config_ts = ts
+
     # -- reading ---------------------------------------------------------------------------------
     def _confined(self, uri: str, what: str) -> str:
         if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
@@ -170,6 +217,7 @@ class SafeLocalDatastore(LocalDatastore):
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"image not added: {e}") from e
         with FileLock(self._lock_file):
+            self._load_changed_index(locked=True)
             taken = [self._filename(image_id, e.replace("*", "")) for e in self._extensions]  # one file per id
             if image_id in self._datastore.objects or any(
                     os.path.lexists(os.path.join(self._datastore.image_path(), t)) for t in taken):
@@ -196,6 +244,10 @@ class SafeLocalDatastore(LocalDatastore):
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, label_ext)
         with FileLock(self._lock_file):
+            self._load_changed_index(locked=True)
+            obj = self._datastore.objects.get(image_id)
+            if not obj:
+                raise HTTPException(status_code=404, detail=f"image {image_id!r} was removed; label not saved")
             os.makedirs(label_path, exist_ok=True)
             old = obj.labels.get(label_tag)
             atomic_copy(label_filename, os.path.join(label_path, name))
@@ -220,10 +272,21 @@ class SafeLocalDatastore(LocalDatastore):
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         check_name(image_id, "image id")
-        return super().update_image_info(image_id, info)
+        with FileLock(self._lock_file):  # read-modify-write: another process may have written since
+            self._load_changed_index(locked=True)
+            obj = self._datastore.objects.get(image_id)
+            if not obj:
+                raise ImageNotFoundException(f"Image {image_id} not found")
+            obj.image.info.update(info)
+            self._update_datastore_file(lock=False)
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
         check_name(label_id, "label id")
         check_name(label_tag, "label tag")
-        return super().update_label_info(label_id, label_tag, info)
-
+        with FileLock(self._lock_file):
+            self._load_changed_index(locked=True)
+            label = self._datastore.label(label_id, label_tag)
+            if not label:
+                raise LabelNotFoundException(f"Label: {label_id} Tag: {label_tag} not found")
+            label.info.update(info)
+            self._update_datastore_file(lock=False)

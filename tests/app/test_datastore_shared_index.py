@@ -1,0 +1,48 @@
+"""The datastore index is shared with the processes MONAI Label starts for scoring and training: what
+one process writes, the other reads, and neither overwrites the other's (two datastores on one folder
+stand for the server and a scoring process)."""
+
+import json
+
+import nibabel as nib
+import pytest
+
+
+@pytest.fixture()
+def studies(tmp_path):
+    import phantom
+
+    for i in range(2):
+        p = phantom.generate_phantom(30 + i, shape_xy=(48, 48), spacing=(7.0, 7.0, 8.0), n_slices=5)
+        p.save_nifti(str(tmp_path / f"case{i}.nii.gz"), None)
+        nib.save(nib.Nifti1Image(p.label, p.affine), str(tmp_path / f"label{i}.nii.gz"))
+    return tmp_path
+
+
+def _datastore(path):
+    from lib.datastore import SafeLocalDatastore
+
+    return SafeLocalDatastore(str(path), max_voxels=10**8, extensions=("*.nii.gz",), auto_reload=False)
+
+
+def test_scores_written_by_another_process_are_seen_and_kept(studies):
+    server, scoring = _datastore(studies), _datastore(studies)
+    scoring.update_image_info("case0", {"correction_dice": {"liver": 0.96, "lesion": 0.5}})
+    # the server reads what the scoring process wrote ...
+    assert server.get_image_info("case0")["correction_dice"]["liver"] == 0.96
+    assert [d for d in server.datalist() if "case0" in d["image"]] == []  # no final label yet
+    # ... and its own next writes keep it
+    server.update_image_info("case1", {"liver_uncertainty": {"score": 0.2}})
+    server.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+    index = json.loads((studies / "datastore_v2.json").read_text())["objects"]
+    assert index["case0"]["image"]["info"]["correction_dice"]["liver"] == 0.96
+    assert index["case1"]["image"]["info"]["liver_uncertainty"]["score"] == 0.2
+    assert "final" in index["case0"]["labels"]
+    # the scoring process, in turn, keeps the server's label and score when it writes again
+    scoring.update_image_info("case1", {"correction_dice": {"liver": 0.9, "lesion": 1.0}})
+    index = json.loads((studies / "datastore_v2.json").read_text())["objects"]
+    assert "final" in index["case0"]["labels"]
+    assert index["case1"]["image"]["info"]["liver_uncertainty"]["score"] == 0.2
+    assert index["case1"]["image"]["info"]["correction_dice"]["liver"] == 0.9
+    assert scoring.get_label_by_image_id("case0", "final") == "case0"
+    assert len(server.datalist()) == 1 and server.get_labeled_images() == ["case0"]
