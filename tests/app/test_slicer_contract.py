@@ -46,8 +46,10 @@ def test_slicer_contract(tmp_path, server_factory):
     assert "final" in ds["objects"]["ct2"]["labels"]
     assert not client.next_sample("uncertainty", {}).get("id")  # nothing left to label
 
-    # "Train": start a (tiny) run and follow its status as Slicer does
-    client.train_start("liver_resnet", {"max_epochs": 1, "samples_per_volume": 2, "train_batch_size": 4})
+    # "Train": Slicer sends the trainer's whole config from /info (a list: the option chosen, here its
+    # first), with the annotator's edits; start a (tiny) run and follow its status as Slicer does
+    config = {k: v[0] if isinstance(v, list) else v for k, v in info["trainers"]["liver_resnet"]["config"].items()}
+    client.train_start("liver_resnet", {**config, "max_epochs": 1, "samples_per_volume": 2, "train_batch_size": 4})
     t0 = time.time()
     status = client.train_status()
     while status.get("status") not in ("DONE", "ERROR") and time.time() - t0 < 600:

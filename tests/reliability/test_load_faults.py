@@ -97,10 +97,13 @@ def test_concurrent_inference_during_training_then_kill_training(setup, refs):
         base = rss_mb(srv)
         # parameters the recipe cannot take are answered 400 at once, not accepted and failed later
         for bad in ({"max_epochs": "abc"}, {"lr": -0.1}, {"max_epochs": 0}, {"val_split": 1.5},
-                    {"dice_batch": "maybe"}, {"liver_resnet": {"train_batch_size": 0}}):
+                    {"dice_batch": "maybe"}, {"liver_resnet": {"train_batch_size": 0}},
+                    {"max_epoch": 1}, {"max_epochs": 1, "bogus_key": 3}, {"liver_resnet": {"lesion_weigth": 5}}):
             url = f"{srv.url}/train/" + ("" if "liver_resnet" in bad else "liver_resnet")
             r = requests.post(url, json=bad, timeout=60)
             assert r.status_code == 400, (bad, r.text)
+            if any(k in str(bad) for k in ("max_epoch'", "bogus_key", "lesion_weigth")):  # a typo: named, not run
+                assert "unknown training parameter" in r.json()["detail"], r.text
         assert not trainers_of(srv)  # no training process was started
         r = requests.post(f"{srv.url}/train/liver_resnet", json={"max_epochs": 4, "samples_per_volume": 4},
                           timeout=60)
