@@ -134,7 +134,7 @@ def _labels(server):
 
 
 @pytest.mark.parametrize("case", ["wrong shape", "wrong spacing", "not an image", "2D", "values 0/3/6",
-                                  "fractional values", "negative values", "NaN", "multi-layer .seg.nrrd"])
+                                  "fractional values", "negative values", "NaN", "multi-layer .seg.nrrd", "empty"])
 def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server, phantom_ct, case):
     final = server.studies / "labels" / "final" / "labelled.nii.gz"
     before_bytes, before_labels = final.read_bytes(), _labels(server)
@@ -152,6 +152,7 @@ def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server
         "negative values": nii_bytes(fitting.astype(np.int16) - 1, affine=phantom_ct.affine),
         "NaN": nii_bytes(nan, affine=phantom_ct.affine),
         "multi-layer .seg.nrrd": support.layered_seg_nrrd(phantom_ct.label, phantom_ct.affine),
+        "empty": nii_bytes(lab, affine=phantom_ct.affine),  # the right grid, no liver
     }[case]
     name = "labelled.seg.nrrd" if case.endswith("nrrd") else "labelled.nii.gz"
     r = requests.put(f"{server.url}/datastore/label", params={"image": "labelled", "tag": "final"},

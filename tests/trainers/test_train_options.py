@@ -163,3 +163,24 @@ def test_a_weight_average_that_does_worse_keeps_the_model_in_place(tmp_path):
     assert stats["swa_metric"] < stats["baseline_metric"] and not stats["swa_published"]
     assert stats["kept_model_in_place"]
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
+
+
+def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(tmp_path):
+    """With no held-out volume (a site's first corrected label), publish: better validates the model in
+    place and each epoch on the training volume itself: a round that does worse keeps the model (it was
+    published unvalidated, judged on its training Dice)."""
+    from lib.trainers.cli import main
+
+    _datalists(tmp_path)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)
+    shipped = (model_dir / "liver_resnet_lite.pt").read_bytes()
+    main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+          "--max_epochs", "1", "--samples_per_volume", "2", "--train_batch_size", "2", "--dataset", "Dataset",
+          "--lr", "50", "--lr_decay_from", "50"])
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert stats["validated_on_training_volumes"] and stats["baseline_metric"] > 0.4
+    assert "val_mean_dice" in stats["history"][0] and not stats["history"][0]["published"]
+    assert stats["kept_model_in_place"]
+    assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped

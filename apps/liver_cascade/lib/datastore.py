@@ -29,6 +29,7 @@ from typing import Any, Dict
 from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
+from monailabel.interfaces.datastore import DefaultLabelTag
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
 from lib.validation import InputError, check_label_matches, check_volume_file
@@ -236,7 +237,7 @@ class SafeLocalDatastore(LocalDatastore):
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore; label not saved")
         image_path = self.get_image_uri(image_id)
         try:
-            check_label_matches(label_filename, image_path)
+            check_label_matches(label_filename, image_path, not_empty=label_tag == DefaultLabelTag.FINAL)
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"label not saved: {e}") from e
 

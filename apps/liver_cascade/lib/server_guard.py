@@ -179,11 +179,18 @@ def install(app_instance, max_upload_bytes: int) -> None:
     def datastore_check(background_tasks, image=None, params="{}", *a, **k):
         parse_params(k.get("params", params))
 
+    def has_final_labels():  # else the run would be accepted and fail in the training process
+        if not app_instance.datastore().get_labeled_images():
+            raise HTTPException(status_code=400, detail="No image has a final label in the datastore: "
+                                                        "save a label with tag 'final' first")
+
     def train_check(model, params=None, *a, **k):
         check_train_params(model, params, app_instance._trainers)
+        has_final_labels()
 
     def train_all_check(params=None, *a, **k):
         check_train_params("", params, app_instance._trainers)
+        has_final_labels()
 
     from monailabel.endpoints.user import auth
 

@@ -156,10 +156,11 @@ def in_axis_order_of(affine, shape, target_affine):
 
 
 def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, values: bool = True,
-                        any_voxel_order: bool = False) -> Geometry:
+                        any_voxel_order: bool = False, not_empty: bool = False) -> Geometry:
     """A label must cover its image voxel for voxel (same shape, same place in space), and (``values``)
-    hold only the app's label values. With ``any_voxel_order`` the same grid stored with its axes in
-    another order or direction passes too (a label for a DICOM series, written by another program)."""
+    hold only the app's label values (``not_empty``: and at least one that is not background). With
+    ``any_voxel_order`` the same grid stored with its axes in another order or direction passes too (a
+    label for a DICOM series, written by another program)."""
     lab = read_geometry(label_path)
     img = read_geometry(image_path)
     if len(lab.shape) < 3 or any(s != 1 for s in lab.shape[3:]):
@@ -180,13 +181,15 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, val
         raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
     _check_complete(label_path, lab)
     if values:
-        check_label_values(label_path)
+        check_label_values(label_path, not_empty)
     return lab
 
 
-def check_label_values(path: str) -> None:
+def check_label_values(path: str, not_empty: bool = False) -> None:
     """A label holds only the app's label values (0 background, and those of LABELS), whatever its dtype:
-    a label of other values would replace a good one and train the networks on nonsense."""
+    a label of other values would replace a good one and train the networks on nonsense. ``not_empty``:
+    and some liver or lesion (an empty final label, e.g. an accidental submit, would replace the
+    annotator's work and train the networks that the scan has no liver)."""
     allowed = {0, *LABELS.values()}
     try:
         if path.lower().endswith((".nii", ".nii.gz")):
@@ -201,3 +204,6 @@ def check_label_values(path: str) -> None:
     if bad:
         shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
         raise InputError(f"the label has values other than {sorted(allowed)} ({shown}); labels: {dict(LABELS)}")
+    if not_empty and not any(values.tolist()):
+        raise InputError("the label is empty (no liver or lesion voxel); a final label marks the liver "
+                         "(to withdraw a final label, DELETE it)")

@@ -364,18 +364,33 @@ class LiverSliceTrainer(BasicTrainTask):
         return {"val_liver_dice": lits_dice(channel(0)), "val_lesion_dice": lits_dice(channel(1))}
 
     def partition_datalist(self, context: Context, shuffle=False):
-        datalist = list(context.datalist)
-        val_split = float(context.request.get("val_split", 0.2))
+        context.validated_on_training_volumes = False
         if context.request.get("val_ds") or context.request.get("train_ds"):
-            return super().partition_datalist(context, shuffle)
-        n_val = int(round(val_split * len(datalist))) if val_split > 0 else 0
-        if val_split > 0 and len(datalist) >= 2:
-            n_val = max(1, n_val)
-        # deterministic split by image name, so rounds are comparable
-        datalist.sort(key=lambda d: hashlib.md5(os.path.basename(d["image"]).encode()).hexdigest())
-        val, train = datalist[:n_val], datalist[n_val:]
+            train, val = super().partition_datalist(context, shuffle)
+        else:
+            datalist = list(context.datalist)
+            val_split = float(context.request.get("val_split", 0.2))
+            n_val = int(round(val_split * len(datalist))) if val_split > 0 else 0
+            if val_split > 0 and len(datalist) >= 2:
+                n_val = max(1, n_val)
+            # deterministic split by image name, so rounds are comparable
+            datalist.sort(key=lambda d: hashlib.md5(os.path.basename(d["image"]).encode()).hexdigest())
+            val, train = datalist[:n_val], datalist[n_val:]
+        if not val and self.publishes_only_better(context):
+            # no held-out volume (one labelled image, or val_split 0): the model in place is still compared
+            # with each epoch, on the volumes this round trains on, so one corrected label cannot replace
+            # a better model unseen
+            val = list(train)
+            context.validated_on_training_volumes = True
+            logger.info(f"{self.task}: no held-out volume; validating on the {len(val)} training volume(s) to "
+                        "compare with the model in place (publish: better)")
         logger.info(f"{self.task}: {len(train)} training volumes, {len(val)} validation volumes")
         return train, val
+
+    def publishes_only_better(self, context: Context) -> bool:
+        """publish: better with a model in place to compare with."""
+        mode = parse_choice("publish", context.request.get("publish"), PUBLISH_MODES)
+        return mode == "better" and os.path.exists(self.publish_file)
 
     def pre_process(self, request, datastore: Datastore):
         self._val_interval = max(1, int(request.get("val_interval", 1)))  # read by BasicTrainTask's handlers
@@ -516,7 +531,7 @@ class TrainingProgress:
         an epoch is published only if it does at least as well, so a short or unlucky round never
         replaces a better model. Not with several GPUs (the validation there is collective)."""
         ctx = self.context
-        if not self.publish_better() or not os.path.exists(self.task.publish_file):
+        if ctx.evaluator is None or not self.task.publishes_only_better(ctx):
             return
         if ctx.multi_gpu:
             logger.info(f"[{self.task.task}] several GPUs: the run's best epoch is published (publish: best)")
@@ -530,11 +545,6 @@ class TrainingProgress:
         self.best = self.baseline
         logger.info(f"[{self.task.task}] the model in place validates at val_mean_dice {self.baseline:.4f}: an epoch "
                     "is published only if it does at least as well (publish: better)")
-
-    def publish_better(self) -> bool:
-        ctx = self.context
-        mode = parse_choice("publish", ctx.request.get("publish"), PUBLISH_MODES)
-        return mode == "better" and ctx.evaluator is not None
 
     def validate(self, state_dict) -> float:
         """val_mean_dice of other weights (the model in place, the weight average) on this run's held-out
@@ -613,6 +623,8 @@ class TrainingProgress:
             "max_epochs": self.context.max_epochs,
             "best_metric": self.best,
             "baseline_metric": self.baseline,  # the model in place before the run (publish: better)
+            # no held-out volume: the epochs and the model in place were compared on the training volumes
+            "validated_on_training_volumes": bool(getattr(self.context, "validated_on_training_volumes", False)),
             "kept_model_in_place": bool(final and self.kept_model_in_place()),
             "history": self.history,
             "model": self.task.publish_file,
