@@ -21,6 +21,14 @@ def _datalists(tmp_path):
     return cases
 
 
+def _shipped_stage_one(tmp_path):
+    """A model folder holding the demo stage one (it finds the liver), and its bytes."""
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)
+    return model_dir, (model_dir / "liver_resnet_lite.pt").read_bytes()
+
+
 def test_validation_every_second_epoch(tmp_path):
     from lib.trainers.cli import main
 
@@ -101,10 +109,7 @@ def test_a_round_that_does_worse_keeps_the_model_in_place(tmp_path):
     from lib.trainers.cli import main
 
     _datalists(tmp_path)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)  # the demo stage one: it finds the liver
-    shipped = (model_dir / "liver_resnet_lite.pt").read_bytes()
+    model_dir, shipped = _shipped_stage_one(tmp_path)
     args = ["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
             "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--samples_per_volume", "2",
             "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"]
@@ -151,10 +156,7 @@ def test_a_weight_average_that_does_worse_keeps_the_model_in_place(tmp_path):
     from lib.trainers.cli import main
 
     _datalists(tmp_path)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)
-    shipped = (model_dir / "liver_resnet_lite.pt").read_bytes()
+    model_dir, shipped = _shipped_stage_one(tmp_path)
     main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
           "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "2", "--swa_from", "0.5", "--samples_per_volume",
           "2", "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"])
@@ -172,10 +174,7 @@ def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(t
     from lib.trainers.cli import main
 
     _datalists(tmp_path)
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    shutil.copy(APP / "model" / "liver_resnet_lite.pt", model_dir)
-    shipped = (model_dir / "liver_resnet_lite.pt").read_bytes()
+    model_dir, shipped = _shipped_stage_one(tmp_path)
     main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
           "--max_epochs", "1", "--samples_per_volume", "2", "--train_batch_size", "2", "--dataset", "Dataset",
           "--lr", "50", "--lr_decay_from", "50"])
