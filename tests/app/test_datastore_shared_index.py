@@ -46,3 +46,6 @@ def test_scores_written_by_another_process_are_seen_and_kept(studies):
     assert index["case1"]["image"]["info"]["correction_dice"]["liver"] == 0.9
     assert scoring.get_label_by_image_id("case0", "final") == "case0"
     assert len(server.datalist()) == 1 and server.get_labeled_images() == ["case0"]
+    # written readable, as the shipped files are (not mkstemp's 0600)
+    for written in (studies / "datastore_v2.json", studies / "labels" / "final" / "case0.nii.gz"):
+        assert written.stat().st_mode & 0o777 == 0o644, written

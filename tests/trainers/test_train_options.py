@@ -40,7 +40,7 @@ def test_validation_every_second_epoch(tmp_path):
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert [h["epoch"] for h in stats["history"]] == [2, 4]
     assert all("val_liver_dice" in h for h in stats["history"])
-    assert Path(stats["model"]).exists()
+    assert (model_dir / stats["model"]).stat().st_mode & 0o777 == 0o644  # published readable, not 0600
 
 
 def test_cascade_on_the_liver_box(tmp_path):
@@ -183,3 +183,32 @@ def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(t
     assert "val_mean_dice" in stats["history"][0] and not stats["history"][0]["published"]
     assert stats["kept_model_in_place"]
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
+
+
+def test_the_stats_file_keeps_its_layout_while_the_model_in_place_is_validated(tmp_path):
+    """MONAI Label's publisher copied its own stats layout over the app's after every validation, the
+    model-in-place one included: a run stopped before its first epoch ended left no history."""
+    from lib.trainers.cli import main
+    from lib.trainers.liver import TrainingProgress
+
+    _datalists(tmp_path)
+    model_dir, _ = _shipped_stage_one(tmp_path)
+    stats_file = model_dir / "liver_resnet_lite_stats.json"
+    stats_file.write_text(json.dumps({"task": "liver_resnet", "history": [{"epoch": 1}], "done": True}))
+    seen = []
+    on_started = TrainingProgress.on_started
+
+    def record(self, engine):  # the stats file right after the model in place was validated
+        on_started(self, engine)
+        seen.append(json.loads(stats_file.read_text()))
+
+    TrainingProgress.on_started = record
+    try:
+        main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+              "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--samples_per_volume", "2",
+              "--train_batch_size", "2", "--dataset", "Dataset"])
+    finally:
+        TrainingProgress.on_started = on_started
+    assert seen and seen[0]["history"] == [{"epoch": 1}]  # the previous run's, untouched
+    stats = json.loads(stats_file.read_text())
+    assert stats["done"] and [h["epoch"] for h in stats["history"]] == [1] and "current_epoch" not in stats

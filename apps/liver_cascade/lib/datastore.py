@@ -36,6 +36,7 @@ from lib.validation import InputError, check_label_matches, check_volume_file
 
 logger = logging.getLogger(__name__)
 
+FILE_MODE = 0o644  # what the server writes is readable as the shipped files are (a CLI evaluation, a backup)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,199}$")
 
 
@@ -59,6 +60,7 @@ def atomic_write(dest: str, write) -> None:
             write(out)
             out.flush()
             os.fsync(out.fileno())
+        os.chmod(tmp, FILE_MODE)  # mkstemp's 0600 would hide labels and the index from other readers
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):

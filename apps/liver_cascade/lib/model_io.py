@@ -31,6 +31,7 @@ def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str,
     os.close(fd)
     try:
         torch.save(ckpt, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the published model from other users and services
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -405,7 +405,14 @@ class LiverSliceTrainer(BasicTrainTask):
 
     # -- publishing and progress ---------------------------------------------------
     def finalize(self, context: Context):
-        super().finalize(context)
+        # MONAI Label's publisher would copy its own stats layout over ours after every validation (the
+        # model-in-place one too, before the first epoch ends), so a run stopped early left no history:
+        # it gets no stats path and writes only its per-run file in the run's folder
+        stats_path, self._stats_path = self._stats_path, None
+        try:
+            super().finalize(context)
+        finally:
+            self._stats_path = stats_path
         if context.local_rank != 0:
             return
         progress = TrainingProgress(self, context)
@@ -627,7 +634,7 @@ class TrainingProgress:
             "validated_on_training_volumes": bool(getattr(self.context, "validated_on_training_volumes", False)),
             "kept_model_in_place": bool(final and self.kept_model_in_place()),
             "history": self.history,
-            "model": self.task.publish_file,
+            "model": os.path.basename(self.task.publish_file),  # beside this file
             "done": final,
         }
         if self.swa is not None:
@@ -652,13 +659,13 @@ def plot_learning_curve(history: List[Dict[str, Any]], path: str, title: str = "
 
     epochs = [h["epoch"] for h in history]
     fig, ax1 = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax1.plot(epochs, [h["loss"] for h in history], color="tab:gray", label="train loss")
+    ax1.plot(epochs, [h["loss"] for h in history], color="tab:gray", label="train loss", marker=".")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
     ax2 = ax1.twinx()
     for key, color in (("val_liver_dice", "tab:red"), ("val_lesion_dice", "tab:orange"), ("train_dice", "tab:blue")):
         if any(key in h for h in history):
-            ax2.plot(epochs, [h.get(key, np.nan) for h in history], color=color, label=key)
+            ax2.plot(epochs, [h.get(key, np.nan) for h in history], color=color, label=key, marker=".")
     ax2.set_ylim(0, 1)
     ax2.set_ylabel("Dice")
     lines = ax1.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
