@@ -3,6 +3,7 @@
 ``swa_from`` (the average of the last epochs' weights published instead of the best epoch)."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -212,3 +213,24 @@ def test_the_stats_file_keeps_its_layout_while_the_model_in_place_is_validated(t
     assert seen and seen[0]["history"] == [{"epoch": 1}]  # the previous run's, untouched
     stats = json.loads(stats_file.read_text())
     assert stats["done"] and [h["epoch"] for h in stats["history"]] == [1] and "current_epoch" not in stats
+
+
+def test_stage_one_maps_of_earlier_versions_are_deleted(tmp_path):
+    """The cascade's cache of stage-one maps keeps one stage-one version: the earlier ones (50 MB per
+    volume each) piled up round after round."""
+    import numpy as np
+
+    from lib.conf import AppConf
+    from lib.trainers.liver import cache_stage1_maps
+
+    cases = _datalists(tmp_path)
+    model_dir, _ = _shipped_stage_one(tmp_path)
+    maps_dir = tmp_path / "maps"
+    maps_dir.mkdir()
+    stale = maps_dir / "0123456789ab_1700000000.npy"  # a map of an earlier stage one
+    np.save(stale, np.zeros(3))
+    out = cache_stage1_maps(cases[:1], str(model_dir / "liver_resnet_lite.pt"), str(maps_dir),
+                            AppConf.from_conf({}, str(model_dir)))
+    assert not stale.exists()
+    assert [p.name for p in maps_dir.iterdir()] == [os.path.basename(out[0]["maps"])]
+    assert np.load(out[0]["maps"]).shape[0] == 2  # (lesion, liver)

@@ -702,11 +702,15 @@ class CascadeSliceTrainer(LiverSliceTrainer):
 
 
 def cache_stage1_maps(datalist, stage1_file: str, maps_dir: str, app_conf: AppConf):
-    """Compute stage one's (lesion, liver) maps once per model version and volume."""
+    """Compute stage one's (lesion, liver) maps once per model version and volume; the maps of earlier
+    versions are deleted (about 50 MB per volume and version: they piled up round after round)."""
     os.makedirs(maps_dir, exist_ok=True)
     net, info = ModelCache().get(stage1_file, "cuda" if torch.cuda.is_available() else "cpu")
     device = next(net.parameters()).device
     tag = f"{int(info['mtime'])}"
+    for f in os.listdir(maps_dir):
+        if f.endswith(".npy") and not f.endswith(f"_{tag}.npy"):
+            os.remove(os.path.join(maps_dir, f))
     loader = [LoadImaged(keys="image", image_only=False), EnsureChannelFirstd(keys="image"),
               Orientationd(keys="image", axcodes="RAS"), hu_window("image")]
     out = []
