@@ -31,7 +31,7 @@ from lib.conf import CRF_MODES, AppConf, as_bool, check_switch, parse_choice, pa
 from lib.evaluation.lesion_report import in_file_voxels, lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
-from lib.validation import InputError
+from lib.validation import InputError, read_geometry
 from lib.transforms.inference import predict_slices, within_liver
 from lib.transforms.interaction import BACKGROUND_CLICK_MODES, encode_clicks, enforce_clicks, to_oriented_index
 from lib.transforms.transforms import (
@@ -47,6 +47,48 @@ from lib.transforms.transforms import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+
+RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
+
+
+def check_result_extension(ext) -> None:
+    if ext not in RESULT_EXTENSIONS:
+        raise InvalidRequestError(f"result_extension must be .nii.gz, .nii or .nrrd, got {ext!r}")
+
+
+def parse_points(key: str, raw) -> List[List[float]]:
+    """A request's foreground/background clicks: [i, j, k] voxel indices of the image file (a JSON string
+    or a list), finite."""
+    raw = raw or []
+    try:
+        if isinstance(raw, str):
+            raw = json.loads(raw) if raw.strip() else []
+        raw = [[float(v) for v in p] for p in raw]
+        if any(len(p) < 3 for p in raw):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"{key} must be a list of [i, j, k] voxel points, got {raw!r}")
+    if not all(np.isfinite(v) and abs(v) < 1e9 for p in raw for v in p[:3]):
+        raise InvalidRequestError(f"{key} must be finite voxel indices, got {raw!r}")
+    return raw
+
+
+def check_points_in(request: Dict[str, Any], image_path) -> None:
+    """The clicks' format, and that they fall inside the image file (its header's shape, the file's voxel
+    order, as clients send them), before anything is read."""
+    points = {key: parse_points(key, request.get(key)) for key in ("foreground", "background")}
+    if not any(points.values()) or not isinstance(image_path, str) or not os.path.isfile(image_path):
+        return
+    try:
+        shape = [int(v) for v in read_geometry(image_path).shape[:3]]
+    except InputError:
+        return  # the image's own check answers for it
+    for key, raw in points.items():
+        if any(not 0 <= round(v) < n for p in raw for v, n in zip(p[:3], shape)):
+            raise InvalidRequestError(f"{key}: a point is outside the image (voxel indices within {shape}), "
+                                      f"got {raw!r}")
 
 
 class InvalidRequestError(ValueError):
@@ -207,6 +249,10 @@ class LiverSegmentation(BasicInferTask):
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
             raise InvalidRequestError(f"min_lesion_ml must be a volume in mL >= 0, got {request.get('min_lesion_ml')!r}")
+        # checked before the volume is read and segmented (these got their 400 after a whole inference)
+        check_result_extension(request.get("result_extension") or ".nii.gz")
+        if self.cascade:
+            check_points_in(request, request.get("image"))
         if "batch_size" in request:
             try:
                 if int(request["batch_size"]) < 1 or int(request["batch_size"]) != float(request["batch_size"]):
@@ -336,18 +382,8 @@ class LiverSegmentation(BasicInferTask):
         """foreground/background points (image voxel indices, as Slicer/OHIF send) in the oriented array."""
         pts = {}
         for key in ("foreground", "background"):
-            raw = data.get(key) or []
-            try:
-                if isinstance(raw, str):
-                    raw = json.loads(raw) if raw.strip() else []
-                raw = [[float(v) for v in p] for p in raw]
-                if any(len(p) < 3 for p in raw):
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise InvalidRequestError(f"{key} must be a list of [i, j, k] voxel points, got {raw!r}")
+            raw = parse_points(key, data.get(key))
             original = image.meta.get("original_affine", image.affine)
-            if not all(np.isfinite(v) and abs(v) < 1e9 for p in raw for v in p[:3]):
-                raise InvalidRequestError(f"{key} must be finite voxel indices, got {raw!r}")
             pts[key] = to_oriented_index(raw, original, image.affine, shape)
             if len(pts[key]) != len(raw):  # a click the annotator thinks counted must not be dropped silently
                 file_shape = [int(v) for v in image.meta.get("spatial_shape", shape)]  # as loaded, before Orientationd
@@ -358,8 +394,7 @@ class LiverSegmentation(BasicInferTask):
     # -- writing --------------------------------------------------------------
     def writer(self, data: Dict[str, Any], extension=None, dtype=None) -> Tuple[Any, Any]:
         ext = data.get("result_extension") or ".nii.gz"
-        if ext not in (".nii.gz", ".nii", ".nrrd", ".seg.nrrd"):
-            raise InvalidRequestError(f"result_extension must be .nii.gz, .nii or .nrrd, got {ext!r}")
+        check_result_extension(ext)
         pred = data["pred"]
         label = np.asarray(pred[0].cpu() if torch.is_tensor(pred) else pred[0], dtype=np.uint8)
         affine = np.asarray(pred.affine, dtype=np.float64)

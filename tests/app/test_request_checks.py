@@ -1,0 +1,43 @@
+"""Infer request options that need no segmentation to judge are refused before the volume is read and
+segmented (they got their 400 after a whole inference, seconds later, holding the infer slot)."""
+
+import nibabel as nib
+import pytest
+
+from support import APP, ROOT
+
+IMAGE = ROOT / "sample-data" / "generated" / "lits" / "volume-0.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def cascade():
+    from lib.evaluation.predict import make_task
+
+    return make_task("liver_cascade", str(APP / "model"))
+
+
+def test_bad_clicks_and_result_extension_are_refused_before_inference(cascade, monkeypatch):
+    from lib.infers.liver import InvalidRequestError
+
+    def segmented(*args, **kwargs):
+        raise AssertionError("the volume was segmented")
+
+    monkeypatch.setattr(cascade, "run_inferer", segmented)
+    nx, ny, nz = nib.load(str(IMAGE)).shape[:3]
+    for params, words in [({"result_extension": ".exe"}, "result_extension"),
+                          ({"foreground": "abc"}, "foreground must be"),
+                          ({"foreground": [[1, 2]]}, "foreground must be"),
+                          ({"background": [[0, 0, float("nan")]]}, "finite"),
+                          ({"foreground": [[nx, 0, 0]]}, "outside the image"),
+                          ({"background": [[0, ny - 0.4, 0]]}, "outside the image"),  # rounds to ny
+                          ({"foreground": [[0, 0, -1]]}, "outside the image")]:
+        with pytest.raises(InvalidRequestError, match=words):
+            cascade({"image": str(IMAGE), **params})
+
+
+def test_clicks_on_the_image_pass_the_early_check():
+    from lib.infers.liver import check_points_in
+
+    nx, ny, nz = nib.load(str(IMAGE)).shape[:3]
+    check_points_in({"foreground": [[nx - 1, ny - 1, nz - 1]], "background": "[[0, 0, 0]]"}, str(IMAGE))
+    check_points_in({"foreground": [[nx + 5, 0, 0]]}, "/no/such/file.nii.gz")  # the image's own check answers
