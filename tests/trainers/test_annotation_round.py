@@ -78,7 +78,8 @@ def test_annotation_round(tmp_path, server_factory):
     assert r.status_code == 200, r.text
     wait_idle(url, "scoring")
     info = requests.get(f"{url}/datastore/image/info", params={"image": image}, timeout=30).json()
-    assert set(info["correction_dice"]) == {"liver", "lesion"}
+    assert set(info["correction_dice"]) == {"liver", "lesion", "model"}
+    assert info["correction_dice"]["model"] == "liver_cascade"  # whose prediction was corrected
 
     # saving the final label started a (1-epoch) round: stage one, then the cascade, enqueued
     wait_idle(url, "train", timeout=900)
@@ -105,4 +106,4 @@ def test_annotation_round(tmp_path, server_factory):
         assert r.status_code == 200 and r.json().get("id") not in ("case0", "case1", image)
     # the server's own index writes (the strategies store scores) kept the scoring process's result
     index = json.loads((studies / "datastore_v2.json").read_text())["objects"]
-    assert set(index[image]["image"]["info"]["correction_dice"]) == {"liver", "lesion"}
+    assert set(index[image]["image"]["info"]["correction_dice"]) == {"liver", "lesion", "model"}

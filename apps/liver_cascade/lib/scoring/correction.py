@@ -1,6 +1,8 @@
 """How much did annotators correct the model? Dice between the model's original
 prediction (label tag ``original``) and the annotator's ``final`` label, per
-class (liver incl. lesions, lesion), stored in the image info."""
+class (liver incl. lesions, lesion), stored in the image info with the model
+that made that prediction (MONAI Label keeps the last inference run on the image
+as ``original``, whichever model it was)."""
 
 import logging
 
@@ -43,6 +45,7 @@ class CorrectionDice(ScoringMethod):
                 logger.warning(f"{image_id}: original {pred.shape} and final {ref.shape} differ in shape; skipped")
                 continue
             dice = class_dice(np.rint(pred).astype(np.int16), np.rint(ref).astype(np.int16))
+            dice["model"] = datastore.get_label_info(orig_id, DefaultLabelTag.ORIGINAL).get("model")
             datastore.update_image_info(image_id, {INFO_KEY: dice})
             result[image_id] = dice
         return result
