@@ -23,10 +23,10 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.class_utils import get_class_names
 from monailabel.utils.others.generic import strtobool
 
+from lib.activelearning.random import RandomStrategy
 from lib.conf import AppConf
 from lib.datastore import SafeLocalDatastore
 from lib.dicomweb import create_dicomweb_datastore
@@ -122,7 +122,7 @@ class LiverCascadeApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        strategies: Dict[str, Strategy] = {"random": RandomStrategy(), "first": First()}
         for config in self.models.values():
             s = config.strategy()
             if s:
@@ -150,6 +150,21 @@ class LiverCascadeApp(MONAILabelApp):
         logger.info(f"auto_train_on_save: {self.app_conf.auto_train_after} new final label(s); training {models}")
         params = {m: {"max_epochs": self.app_conf.auto_train_epochs} for m in models}
         return self.async_training(models, params=params, enqueue=True) if models else None
+
+    def async_scoring(self, method, params=None):
+        """MONAI Label re-scores with every method, each in a new process, after every Next Sample (and
+        after training and at start): on 2 cores a few clicks queued minutes of identical work, and a
+        scoring request got 429 meanwhile. That automatic re-scoring (``method`` None) now runs only when
+        what the scores read changed: the model files, the images or their labels."""
+        if method is None and self._server_mode and isinstance(self._datastore, SafeLocalDatastore):
+            stamp = (self._datastore.files_stamp(),
+                     tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(self.model_dir)
+                                  if e.name.endswith(".pt"))))
+            if stamp == getattr(self, "_scored_stamp", None):
+                logger.info("scoring: models, images and labels unchanged since the last run; not re-scored")
+                return {}
+            self._scored_stamp = stamp
+        return super().async_scoring(method, params)
 
     def infer(self, request, datastore=None):
         """MONAI Label's infer, with clear HTTP errors for what the caller can fix."""

@@ -49,3 +49,13 @@ def test_scores_written_by_another_process_are_seen_and_kept(studies):
     # written readable, as the shipped files are (not mkstemp's 0600)
     for written in (studies / "datastore_v2.json", studies / "labels" / "final" / "case0.nii.gz"):
         assert written.stat().st_mode & 0o777 == 0o644, written
+
+
+def test_files_stamp_follows_images_and_labels_not_the_index(studies):
+    """What decides whether MONAI Label's automatic re-scoring runs again (main.py async_scoring)."""
+    ds = _datastore(studies)
+    stamp = ds.files_stamp()
+    ds.update_image_info("case0", {"liver_uncertainty": {"score": 0.3}})  # the index (and lock file) change
+    assert ds.files_stamp() == stamp
+    ds.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+    assert ds.files_stamp() != stamp

@@ -104,6 +104,13 @@ def test_annotation_round(tmp_path, server_factory):
     for strategy in ("first", "random", "uncertainty"):
         r = requests.post(f"{url}/activelearning/{strategy}", json={}, timeout=300)
         assert r.status_code == 200 and r.json().get("id") not in ("case0", "case1", image)
+    # nothing changed since: Next Sample no longer starts another round of scoring processes
+    wait_idle(url, "scoring")
+    runs = len(requests.get(f"{url}/scoring/", params={"all": "true"}, timeout=30).json())
+    for _ in range(2):
+        assert requests.post(f"{url}/activelearning/random", json={}, timeout=300).status_code == 200
+    assert len(requests.get(f"{url}/scoring/", params={"all": "true"}, timeout=30).json()) == runs
+
     # the server's own index writes (the strategies store scores) kept the scoring process's result
     index = json.loads((studies / "datastore_v2.json").read_text())["objects"]
     assert set(index[image]["image"]["info"]["correction_dice"]) == {"liver", "lesion", "model"}

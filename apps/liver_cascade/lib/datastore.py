@@ -182,6 +182,15 @@ class SafeLocalDatastore(LocalDatastore):
         self._datastore.base_path = self._datastore_path
         self._config_ts = ts
 
+    def files_stamp(self) -> tuple:
+        """Names and modification times of the images and of the final and original labels: what the
+        scoring methods read besides the models."""
+        folders = (self._datastore.image_path(), self._datastore.label_path(DefaultLabelTag.FINAL),
+                   self._datastore.label_path(DefaultLabelTag.ORIGINAL))
+        return tuple(sorted((e.path, e.stat().st_mtime_ns) for folder in folders if os.path.isdir(folder)
+                            for e in os.scandir(folder)  # not the index or the lock file beside the images
+                            if e.is_file() and any(fnmatch.fnmatch(e.name, x) for x in self._extensions)))
+
     # -- reading ---------------------------------------------------------------------------------
     def _confined(self, uri: str, what: str) -> str:
         if uri and not self._external_symlinks and not _inside(uri, self._datastore_path):
