@@ -175,8 +175,8 @@ class SafeLocalDatastore(LocalDatastore):
         if ts is None or ts == self._config_ts:
             return
         if not locked:
-            self._init_from_datastore_file()
-            return
+            with FileLock(self._lock_file):
+                return self._load_changed_index(locked=True)
         with open(self._datastore_config_path) as f:
             self._datastore = LocalDatastoreModel.model_validate_json(f.read())
         self._datastore.base_path = self._datastore_path
