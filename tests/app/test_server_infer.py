@@ -30,6 +30,7 @@ def server(tmp_path_factory, studies):
     tmp = tmp_path_factory.mktemp("srv")
     app = untrained_app(tmp / "app")
     s = Server(app, studies, {"models": "liver_resnet,liver_cascade,vgg_fcn", "skip_trainers": "true"}, tmp / "server.log")
+    s.app_dir = app
     yield s
     s.stop()
 
@@ -60,6 +61,8 @@ def test_info_lists_models_and_labels(server):
     assert info["models"]["liver_cascade"]["config"]["background_click"] == ["tissue", "island"]
     assert info["models"]["liver_cascade"]["config"]["crf"] == ["liver", "paper", "off"]
     assert info["labels"] == ["liver", "lesion"]
+    model = server.app_dir / "model" / "liver_cascade_lite.pt"  # the live version, as the file says
+    assert info["models"]["liver_cascade"]["model_mtimes"]["liver_cascade_lite.pt"] == model.stat().st_mtime
 
 
 @pytest.mark.parametrize("image", ["lps_odd", "permuted"])

@@ -177,6 +177,9 @@ class LiverSegmentation(BasicInferTask):
         i = super().info()
         i["label_colors"] = self.label_colors
         i["model_files"] = {os.path.basename(p): os.path.exists(p) for p in self.stage_paths}
+        # which version is live (a training round publishes in place); the infer response's models_used agrees
+        i["model_mtimes"] = {os.path.basename(p): os.path.getmtime(p) if os.path.exists(p) else None
+                             for p in self.stage_paths}
         return i
 
     def is_valid(self) -> bool:
