@@ -59,3 +59,46 @@ def test_files_stamp_follows_images_and_labels_not_the_index(studies):
     assert ds.files_stamp() == stamp
     ds.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
     assert ds.files_stamp() != stamp
+
+
+def test_a_write_within_the_same_clock_tick_is_still_seen(studies):
+    import os
+
+    server, scoring = _datastore(studies), _datastore(studies)
+    index = studies / "datastore_v2.json"
+    before = os.stat(index)
+    scoring.update_image_info("case0", {"correction_dice": {"liver": 0.5, "lesion": 1.0}})
+    os.utime(index, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same time as the server's copy
+    assert server.get_image_info("case0")["correction_dice"]["liver"] == 0.5
+
+
+def test_refresh_reads_reconciles_and_writes_under_one_lock(studies, monkeypatch):
+    """MONAI Label's refresh (after a label delete) read the index, then wrote it, under two locks: a
+    score another process wrote in between was lost."""
+    import threading
+
+    from filelock import FileLock, Timeout
+    from monailabel.datastore.local import LocalDatastore
+
+    server = _datastore(studies)
+    server.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+    held = []
+    reconcile = LocalDatastore._add_non_existing_images
+
+    def check_lock(self):  # runs between refresh's read and write: may another process write now?
+        def other_process():
+            try:
+                FileLock(str(studies / ".lock"), timeout=0).acquire()
+                held.append(False)
+            except Timeout:
+                held.append(True)
+
+        t = threading.Thread(target=other_process)
+        t.start()
+        t.join()
+        return reconcile(self)
+
+    monkeypatch.setattr(LocalDatastore, "_add_non_existing_images", check_lock)
+    server.remove_label("case0", "final")
+    assert held and all(held)
+    assert server.get_labeled_images() == []

@@ -15,6 +15,7 @@
   scores or labels overwrite the other's.
 """
 
+import contextlib
 import fnmatch
 import functools
 import json
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from typing import Any, Dict
 
@@ -101,6 +103,8 @@ class SafeLocalDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, max_voxels: int, external_symlinks: bool = False, **kwargs):
         self._max_voxels = max_voxels
         self._external_symlinks = external_symlinks
+        self._lock_holder = threading.local()  # does this thread hold the index's file lock (_locked)
+        self._known_index = None  # (inode, mtime, size) of the index as this process last read or wrote it
         self._set_aside_corrupt_config(datastore_path, kwargs.get("datastore_config", "datastore_v2.json"))
         self._remove_partial_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
@@ -143,44 +147,70 @@ class SafeLocalDatastore(LocalDatastore):
         return keep
 
     def _update_datastore_file(self, lock=True):
-        """MONAI Label writes the index in place; write it to a temporary file and rename instead."""
-        text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-
-        def write():
+        """MONAI Label writes the index in place; write it to a temporary file and rename instead, under
+        the file lock (taken here unless this thread holds it: MONAI Label's steps nest)."""
+        with self._locked():
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
             self._ignore_event_config = True
             atomic_write(self._datastore_config_path, lambda f: f.write(text.encode()))
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
-
-        if lock:
-            with FileLock(self._lock_file):
-                write()
-        else:
-            write()
+            self._known_index = self._index_stamp()
 
     # -- the index, shared with other processes ----------------------------------------------------
-    def _index_mtime(self):
+    @contextlib.contextmanager
+    def _locked(self):
+        """The index's file lock, taken once per thread: a nested step (MONAI Label's refresh reads,
+        reconciles and writes) runs under the lock its caller holds instead of waiting for itself."""
+        if getattr(self._lock_holder, "held", False):
+            yield
+            return
+        with FileLock(self._lock_file):
+            self._lock_holder.held = True
+            try:
+                yield
+            finally:
+                self._lock_holder.held = False
+
+    def _index_stamp(self):
+        """Inode, modification time and size of the index: each atomic write makes a new file, so two
+        writes within one clock tick still differ."""
         try:
-            return os.stat(self._datastore_config_path).st_mtime
+            st = os.stat(self._datastore_config_path)
         except FileNotFoundError:
             return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
 
-    def _load_changed_index(self, locked: bool = False) -> None:
+    def _load_changed_index(self) -> None:
         """Read the index again if another process wrote it since this one last read or wrote it.
 
         MONAI Label runs scoring (and training) in subprocesses that write their results to the index.
-        The server notices such writes only through file-watch events, and a rename (how the index is
+        The server noticed such writes only through file-watch events, and a rename (how the index is
         written, atomically) raises none it listens to: the scores never showed, and the server's next
-        write of its own copy erased them. ``locked``: the caller holds the file lock."""
-        ts = self._index_mtime()
-        if ts is None or ts == self._config_ts:
+        write of its own copy erased them."""
+        if self._index_stamp() == self._known_index:
             return
-        if not locked:
-            with FileLock(self._lock_file):
-                return self._load_changed_index(locked=True)
-        with open(self._datastore_config_path) as f:
-            self._datastore = LocalDatastoreModel.model_validate_json(f.read())
-        self._datastore.base_path = self._datastore_path
-        self._config_ts = ts
+        with self._locked():
+            stamp = self._index_stamp()
+            if stamp is None or stamp == self._known_index:
+                return
+            with open(self._datastore_config_path) as f:
+                self._datastore = LocalDatastoreModel.model_validate_json(f.read())
+            self._datastore.base_path = self._datastore_path
+            self._known_index = stamp
+
+    def _init_from_datastore_file(self, throw_exception=False):
+        """MONAI Label's (re)load of the index, through the one above (it runs inside refresh's lock)."""
+        try:
+            self._load_changed_index()
+        except ValueError as e:
+            logger.error(f"+++ Failed to load datastore => {e}")
+            if throw_exception:
+                raise
+
+    def refresh(self):
+        """MONAI Label's reconcile of the index with the files (after a delete, or a file event): its
+        read, changes and write under one lock, so a score another process writes meanwhile is kept."""
+        with self._locked():
+            super().refresh()
 
     def files_stamp(self) -> tuple:
         """Names and modification times of the images and of the final and original labels: what the
@@ -228,8 +258,8 @@ class SafeLocalDatastore(LocalDatastore):
             check_volume_file(image_filename, self._max_voxels)
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"image not added: {e}") from e
-        with FileLock(self._lock_file):
-            self._load_changed_index(locked=True)
+        with self._locked():
+            self._load_changed_index()
             taken = [self._filename(image_id, e.replace("*", "")) for e in self._extensions]  # one file per id
             if image_id in self._datastore.objects or any(
                     os.path.lexists(os.path.join(self._datastore.image_path(), t)) for t in taken):
@@ -237,7 +267,7 @@ class SafeLocalDatastore(LocalDatastore):
             atomic_copy(image_filename, os.path.join(self._datastore.image_path(), name))
             model = DataModel(info=_stamped(image_info, name), ext=image_ext)
             self._datastore.objects[image_id] = ImageLabelModel(image=model)
-            self._update_datastore_file(lock=False)
+            self._update_datastore_file()
         return image_id
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
@@ -255,8 +285,8 @@ class SafeLocalDatastore(LocalDatastore):
         _, label_ext = self._to_id(os.path.basename(label_filename))
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, label_ext)
-        with FileLock(self._lock_file):
-            self._load_changed_index(locked=True)
+        with self._locked():
+            self._load_changed_index()
             obj = self._datastore.objects.get(image_id)
             if not obj:
                 raise HTTPException(status_code=404, detail=f"image {image_id!r} was removed; label not saved")
@@ -268,7 +298,7 @@ class SafeLocalDatastore(LocalDatastore):
                 if os.path.exists(stale):
                     os.remove(stale)
             obj.labels[label_tag] = DataModel(info=_stamped(label_info, name), ext=label_ext)
-            self._update_datastore_file(lock=False)
+            self._update_datastore_file()
         return image_id
 
     def remove_image(self, image_id: str) -> None:
@@ -284,21 +314,21 @@ class SafeLocalDatastore(LocalDatastore):
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         check_name(image_id, "image id")
-        with FileLock(self._lock_file):  # read-modify-write: another process may have written since
-            self._load_changed_index(locked=True)
+        with self._locked():  # read-modify-write: another process may have written since
+            self._load_changed_index()
             obj = self._datastore.objects.get(image_id)
             if not obj:
                 raise ImageNotFoundException(f"Image {image_id} not found")
             obj.image.info.update(info)
-            self._update_datastore_file(lock=False)
+            self._update_datastore_file()
 
     def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
         check_name(label_id, "label id")
         check_name(label_tag, "label tag")
-        with FileLock(self._lock_file):
-            self._load_changed_index(locked=True)
+        with self._locked():
+            self._load_changed_index()
             label = self._datastore.label(label_id, label_tag)
             if not label:
                 raise LabelNotFoundException(f"Label: {label_id} Tag: {label_tag} not found")
             label.info.update(info)
-            self._update_datastore_file(lock=False)
+            self._update_datastore_file()
