@@ -49,6 +49,9 @@ from lib.transforms.transforms import (
 logger = logging.getLogger(__name__)
 
 
+class InvalidRequestError(ValueError):
+    """A request parameter is wrong (answered with HTTP 400)."""
+
 
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
 
@@ -90,9 +93,6 @@ def check_points_in(request: Dict[str, Any], image_path) -> None:
             raise InvalidRequestError(f"{key}: a point is outside the image (voxel indices within {shape}), "
                                       f"got {raw!r}")
 
-
-class InvalidRequestError(ValueError):
-    """A request parameter is wrong (answered with HTTP 400)."""
 
 
 class LoadCTd(LoadImaged):
