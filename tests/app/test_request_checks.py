@@ -41,3 +41,15 @@ def test_clicks_on_the_image_pass_the_early_check():
     nx, ny, nz = nib.load(str(IMAGE)).shape[:3]
     check_points_in({"foreground": [[nx - 1, ny - 1, nz - 1]], "background": "[[0, 0, 0]]"}, str(IMAGE))
     check_points_in({"foreground": [[nx + 5, 0, 0]]}, "/no/such/file.nii.gz")  # the image's own check answers
+
+
+def test_missing_weights_say_how_to_train_that_model(tmp_path):
+    """make weights builds only lite's stage one and cascade: the 503 for vgg_fcn or another preset must
+    not point there."""
+    from lib.evaluation.predict import make_task
+
+    assert "make weights" in make_task("liver_cascade", str(tmp_path)).how_to_train()
+    vgg = make_task("vgg_fcn", str(tmp_path)).how_to_train()
+    assert "POST /train/vgg_fcn" in vgg and "make weights" not in vgg
+    paper = make_task("liver_cascade", str(tmp_path), {"preset": "paper"}).how_to_train()
+    assert "POST /train/liver_resnet` then `POST /train/liver_cascade" in paper and "make weights" not in paper

@@ -189,10 +189,9 @@ class LiverSegmentation(BasicInferTask):
     def how_to_train(self) -> str:
         stages = ["vgg_fcn"] if self.arch == "vgg" else ["liver_resnet"] + (["liver_cascade"] if self.cascade else [])
         calls = " then ".join(f"`POST /train/{s}`" for s in stages)
-        return (
-            f"Train it with {calls} on labelled images (README, 'Retrain'), "
-            "or rebuild the demo weights with `make weights`."
-        )
+        demo = (" or rebuild the demo weights with `make weights` (needs ../shared/real-ct)"
+                if self.arch != "vgg" and self.conf.preset == "lite" else "")
+        return f"Train it with {calls} on labelled images (README, 'Retrain'){demo}."
 
     def check_weights(self):
         for p in self.stage_paths:
