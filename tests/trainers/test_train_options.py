@@ -234,3 +234,29 @@ def test_stage_one_maps_of_earlier_versions_are_deleted(tmp_path):
     assert not stale.exists()
     assert [p.name for p in maps_dir.iterdir()] == [os.path.basename(out[0]["maps"])]
     assert np.load(out[0]["maps"]).shape[0] == 2  # (lesion, liver)
+
+
+def test_a_kept_model_keeps_its_stats_and_curve(tmp_path):
+    """The stats JSON and learning curve beside the model describe the model in place: a round that kept
+    it (publish: better) leaves its own in *_last_run.*, and puts the model's back."""
+    from lib.trainers.cli import main
+
+    _datalists(tmp_path)
+    model_dir, shipped = _shipped_stage_one(tmp_path)
+    stats_file, curve = model_dir / "liver_resnet_lite_stats.json", model_dir / "liver_resnet_lite_curve.png"
+    stats_file.write_text(json.dumps({"task": "liver_resnet", "history": [{"epoch": 30}], "done": True}))
+    curve.write_bytes(b"the curve of the model in place")
+    before = stats_file.read_bytes()
+    main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+          "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--samples_per_volume", "2",
+          "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"])
+    assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
+    assert stats_file.read_bytes() == before and curve.read_bytes() == b"the curve of the model in place"
+    run = json.loads((model_dir / "liver_resnet_lite_stats_last_run.json").read_text())
+    assert run["kept_model_in_place"] and run["history"][0]["epoch"] == 1
+    assert (model_dir / "liver_resnet_lite_curve_last_run.png").read_bytes()[:4] == b"\x89PNG"
+    main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
+          "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--samples_per_volume", "2",
+          "--train_batch_size", "2", "--dataset", "Dataset", "--publish", "best"])  # publishes: its files now
+    assert json.loads(stats_file.read_text())["history"][0]["published"]
+    assert not (model_dir / "liver_resnet_lite_stats_last_run.json").exists()

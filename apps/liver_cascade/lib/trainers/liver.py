@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -43,6 +45,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.conf import PUBLISH_MODES, AppConf, as_bool, check_switch, parse_choice
+from lib.datastore import atomic_write
 from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
@@ -532,6 +535,8 @@ class TrainingProgress:
         self.swa: Optional[WeightAverage] = None
         self.baseline: Optional[float] = None  # the validation score of the model in place before the run
         self._validating_other_weights = False
+        # the stats and curve of the model in place: put back if this run keeps that model (publish: better)
+        self.previous = {f: Path(f).read_bytes() for f in (task._stats_path, self.curve_path) if os.path.exists(f)}
 
     def on_started(self, engine):
         """With ``publish: better``, validate the model in place (if any) on this run's held-out volumes:
@@ -616,10 +621,22 @@ class TrainingProgress:
                 and not (self.swa is not None and self.swa.published))
 
     def on_completed(self, engine):
-        if self.kept_model_in_place():
-            logger.warning(f"[{self.task.task}] no epoch validated as well as the model in place "
-                           f"({self.baseline:.4f}): it was kept ({os.path.basename(self.task.publish_file)})")
         self.write(final=True)
+        runs = {f: last_run_path(f) for f in (self.task._stats_path, self.curve_path)}
+        if not self.kept_model_in_place():
+            for f in runs.values():  # the files beside the model describe this run now
+                if os.path.exists(f):
+                    os.remove(f)
+            return
+        logger.warning(f"[{self.task.task}] no epoch validated as well as the model in place "
+                       f"({self.baseline:.4f}): it was kept ({os.path.basename(self.task.publish_file)}); this "
+                       f"run's stats and curve are in {os.path.basename(runs[self.task._stats_path])} and "
+                       f"{os.path.basename(runs[self.curve_path])}")
+        for f, run in runs.items():
+            if os.path.exists(f):
+                shutil.copyfile(f, run)
+            if f in self.previous:  # the model in place's own stats and curve again
+                atomic_write(f, lambda out, data=self.previous[f]: out.write(data))
 
     def write(self, final=False):
         stats = {
@@ -647,6 +664,13 @@ class TrainingProgress:
             json.dump(stats, f, indent=2)
         os.replace(tmp, self.task._stats_path)
         plot_learning_curve(self.history, self.curve_path, title=f"{self.task.task} ({self.task.preset})")
+
+
+def last_run_path(path: str) -> str:
+    """Where a run that kept the model in place leaves its stats or curve: ``x_stats.json`` ->
+    ``x_stats_last_run.json``."""
+    root, ext = os.path.splitext(path)
+    return f"{root}_last_run{ext}"
 
 
 def plot_learning_curve(history: List[Dict[str, Any]], path: str, title: str = "") -> Optional[str]:
