@@ -185,12 +185,26 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, val
     return lab
 
 
+def check_label_array(data: np.ndarray, not_empty: bool = False) -> None:
+    """The value check of :func:`check_label_values` on voxels already read (the evaluator's)."""
+    allowed = {0, *LABELS.values()}
+    # uint8 (the usual label) by counting: np.unique sorts, seconds on a 512x512x400 label
+    values = np.flatnonzero(np.bincount(data.ravel(), minlength=1)) if data.dtype == np.uint8 else np.unique(data)
+    bad = [v for v in values.tolist() if not (np.isfinite(v) and v in allowed)]
+    if bad:
+        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        hint = " (an image, not a label?)" if len(bad) > 5 else ""
+        raise InputError(f"the label has values other than {sorted(allowed)} ({shown}){hint}; labels: {dict(LABELS)}")
+    if not_empty and not any(values.tolist()):
+        raise InputError("the label is empty (no liver or lesion voxel); a final label marks the liver "
+                         "(to withdraw a final label, DELETE it)")
+
+
 def check_label_values(path: str, not_empty: bool = False) -> None:
     """A label holds only the app's label values (0 background, and those of LABELS), whatever its dtype:
     a label of other values would replace a good one and train the networks on nonsense. ``not_empty``:
     and some liver or lesion (an empty final label, e.g. an accidental submit, would replace the
     annotator's work and train the networks that the scan has no liver)."""
-    allowed = {0, *LABELS.values()}
     try:
         if path.lower().endswith((".nii", ".nii.gz")):
             data = np.asanyarray(nib.load(path).dataobj)  # scaled by the header's slope/intercept
@@ -198,12 +212,4 @@ def check_label_values(path: str, not_empty: bool = False) -> None:
             data = sitk.GetArrayFromImage(sitk.ReadImage(path))  # a copy: a view dies with its image
     except Exception as e:
         raise InputError(f"could not read the label's voxels ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
-    # uint8 (the usual label) by counting: np.unique sorts, seconds on a 512x512x400 label
-    values = np.flatnonzero(np.bincount(data.ravel(), minlength=1)) if data.dtype == np.uint8 else np.unique(data)
-    bad = [v for v in values.tolist() if not (np.isfinite(v) and v in allowed)]
-    if bad:
-        shown = ", ".join(f"{v:g}" for v in bad[:5]) + (" ..." if len(bad) > 5 else "")
-        raise InputError(f"the label has values other than {sorted(allowed)} ({shown}); labels: {dict(LABELS)}")
-    if not_empty and not any(values.tolist()):
-        raise InputError("the label is empty (no liver or lesion voxel); a final label marks the liver "
-                         "(to withdraw a final label, DELETE it)")
+    check_label_array(data, not_empty)
