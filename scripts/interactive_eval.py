@@ -2,7 +2,8 @@
 and after 1, 3 and 5 simulated lesion clicks; and the latency of a corrected-liver re-inference.
 
     .venv/bin/python scripts/interactive_eval.py --model-dir apps/liver_cascade/model \\
-        --image CT.nii.gz --label REF.nii.gz [--image ... --label ...] --out docs/results/interactive.json
+        --image CT.nii.gz --label REF.nii.gz [--image ... --label ...] --out docs/results/interactive.json \\
+        [--request '{"adapt_bn": false}']
 
 Clicks are simulated like an annotator would place them: each click goes to the
 centre (the voxel deepest inside) of the largest remaining error component:
@@ -54,6 +55,8 @@ def main(argv=None):
     ap.add_argument("--clicks", default="1,3,5")
     ap.add_argument("--background-click", default=None, choices=BACKGROUND_CLICK_MODES,
                     help="what a background click removes (the app's default: the first)")
+    ap.add_argument("--request", default="{}", type=json.loads,
+                    help="infer request keys added to every request (JSON), e.g. '{\"adapt_bn\": false}'")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     counts = [int(c) for c in args.clicks.split(",")]
@@ -68,11 +71,11 @@ def main(argv=None):
         row = {"case": Path(img_path).name.split(".")[0]}
         out = tmp / "pred.nii.gz"
         t0 = time.time()
-        predict_file(task, img_path, str(out))
+        predict_file(task, img_path, str(out), args.request)
         row["seconds_automatic"] = round(time.time() - t0, 2)
         row["lesion_dice_automatic"] = dice(load_label(str(out)) == LES, ref == LES)
         t0 = time.time()
-        predict_file(task, img_path, str(out), {"label": str(liver_file)})
+        predict_file(task, img_path, str(out), {**args.request, "label": str(liver_file)})
         row["seconds_corrected_liver"] = round(time.time() - t0, 2)
         pred = load_label(str(out))
         row["lesion_dice_corrected_liver"] = dice(pred == LES, ref == LES)
@@ -82,7 +85,7 @@ def main(argv=None):
             if c is not None:
                 clicks[c[0]].append(list(c[1]))
                 mode = {"background_click": args.background_click} if args.background_click else {}
-                predict_file(task, img_path, str(out), {"label": str(liver_file), **clicks, **mode})
+                predict_file(task, img_path, str(out), {**args.request, "label": str(liver_file), **clicks, **mode})
                 pred = load_label(str(out))
             if n in counts:
                 row[f"lesion_dice_{n}_clicks"] = dice(pred == LES, ref == LES)
@@ -93,7 +96,7 @@ def main(argv=None):
     summary = {k: float(np.mean([r[k] for r in rows])) for k in keys}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"background_click": args.background_click or BACKGROUND_CLICK_MODES[0],
-                                          "rows": rows, "mean": summary}, indent=2))
+                                          "request": args.request, "rows": rows, "mean": summary}, indent=2))
     print("| cases | automatic | corrected liver | " + " | ".join(f"+{n} clicks" for n in counts) + " |")
     print("|---" * (3 + len(counts)) + "|")
     print(f"| {len(rows)} | " + " | ".join(f"{100 * summary[k]:.2f}" for k in keys) + " |")

@@ -60,6 +60,7 @@ def test_info_lists_models_and_labels(server):
     # a list: Slicer shows a choice; requests that do not choose get the first (their merged config)
     assert info["models"]["liver_cascade"]["config"]["background_click"] == ["tissue", "island"]
     assert info["models"]["liver_cascade"]["config"]["crf"] == ["liver", "paper", "off"]
+    assert info["models"]["liver_cascade"]["config"]["adapt_bn"] is False  # opt-in
     assert info["labels"] == ["liver", "lesion"]
     model = server.app_dir / "model" / "liver_cascade_lite.pt"  # the live version, as the file says
     assert info["models"]["liver_cascade"]["model_mtimes"]["liver_cascade_lite.pt"] == model.stat().st_mtime
@@ -105,6 +106,13 @@ def test_multiscale_request(server):
     assert parts(r)[0]["scales"] == [192, 208, 224]
 
 
+def test_batchnorm_adaptation_on_request(server):
+    r = infer(server, "liver_cascade", "lps_odd", {"adapt_bn": True})
+    assert r.status_code == 200, r.text
+    assert parts(r)[0]["timings"]["adapt_bn"] > 0
+    assert parts(infer(server, "liver_cascade", "lps_odd"))[0]["timings"]["adapt_bn"] == 0  # opt-in
+
+
 def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert infer(server, "liver_cascade", "no_such_image").status_code == 404
     assert infer(server, "no_such_model", "lps_odd").status_code == 404
@@ -117,7 +125,7 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     bad_crf = infer(server, "liver_cascade", "lps_odd", {"crf": "sometimes"})
     assert bad_crf.status_code == 400 and "crf" in bad_crf.text
     assert infer(server, "liver_cascade", "broken").status_code == 400
-    for bad in ({"fill_holes": "maybe"}, {"stage2_roi": "xyz"}, {"foreground": [[600, 10, 5]]},
+    for bad in ({"fill_holes": "maybe"}, {"stage2_roi": "xyz"}, {"adapt_bn": "perhaps"}, {"foreground": [[600, 10, 5]]},
                 {"background": [[1e30, 0, 0]]}, {"scales": "2048"}):
         r = infer(server, "liver_cascade", "lps_odd", bad)
         assert r.status_code == 400 and next(iter(bad)) in r.text, (bad, r.status_code, r.text)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lib.infers.liver import write_label
-from lib.transforms.inference import predict_slices
+from lib.transforms.inference import adapt_batchnorm, predict_slices
 from lib.transforms.transforms import fill_holes_per_slice, fill_label_holes
 
 
@@ -51,6 +51,56 @@ def test_multiscale_equal_scales_equals_single_scale():
     assert single.shape == (3, 40, 30, 5)
     assert torch.allclose(single.float(), multi.float(), atol=1e-3)
     assert torch.allclose(single.float().sum(0), torch.ones(40, 30, 5), atol=1e-2)
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+                               torch.nn.Conv2d(3, 3, 1)).eval()
+
+
+def test_adapt_batchnorm_takes_the_volumes_statistics_and_leaves_the_shared_network_alone():
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    vol = 5 + 3 * torch.randn(20, 16, 40)  # a volume far from the statistics the network has (mean 0, var 1)
+
+    def inp(idx):
+        return vol[..., list(idx)].permute(2, 0, 1)[:, None]
+
+    adapted = adapt_batchnorm(net, inp, range(40), (20, 16), [20], batch_size=10, max_slices=64)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the cached network is untouched
+    assert adapted is not net and not adapted.training
+    with torch.no_grad():
+        conv = net[0](inp(range(40)))  # what the batch-norm layer sees: 4 batches of 10, so the mean is exact
+    bn = adapted[1]
+    assert torch.allclose(bn.running_mean, conv.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(bn.running_var, conv.var((0, 2, 3)), rtol=0.05)  # the batches' mean variance
+    assert not torch.allclose(bn.running_mean, net[1].running_mean, atol=0.1)
+    # the adapted network normalises this volume's features: about zero mean, unit variance
+    with torch.no_grad():
+        z = adapted[1](adapted[0](inp(range(40))))
+    assert abs(float(z.mean())) < 0.05 and abs(float(z.var()) - 1) < 0.1
+
+
+def test_adapt_batchnorm_spreads_its_slices_over_the_volume_and_reads_only_the_box():
+    net = _bn_net()
+    vol = torch.zeros(20, 16, 100)
+    vol[2:12, 3:11] = 10.0  # the box is bright, the rest dark
+    seen = []
+
+    def inp(idx):
+        seen.extend(idx)
+        return vol[..., list(idx)].permute(2, 0, 1)[:, None]
+
+    box = (2, 12, 3, 11)
+    adapted = adapt_batchnorm(net, inp, range(100), (20, 16), [10], batch_size=4, max_slices=8, box=box)
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 8 and min(seen) == 0 and max(seen) == 99
+    with torch.no_grad():
+        conv = net[0](torch.full((1, 1, 10, 8), 10.0))  # the box alone, at its own size (scale 10)
+    assert torch.allclose(adapted[1].running_mean, conv.mean((0, 2, 3)), atol=1e-3)
+    # no batch norm (the VGG-FCN): nothing to adapt, the network itself is used
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1))
+    assert adapt_batchnorm(plain, inp, range(100), (20, 16), [10], 4, 8) is plain
 
 
 @pytest.mark.parametrize("ext", [".nii.gz", ".nrrd"])

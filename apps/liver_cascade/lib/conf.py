@@ -120,6 +120,7 @@ class AppConf:
     batch_size: int  # slices per network call at inference
     stage2_roi: bool  # run stage two only on slices where stage one found liver
     crf: str  # 3D dense CRF mode, one of CRF_MODES
+    adapt_bn: bool  # re-estimate batch-norm statistics on the volume being segmented (opt-in)
     auto_train_on_save: bool
     auto_train_after: int  # new final labels that trigger a training run
     auto_train_epochs: int  # max_epochs of such a run
@@ -144,6 +145,7 @@ class AppConf:
             batch_size=int(conf.get("batch_size", 16 if device == "cpu" else 32)),
             stage2_roi=as_bool(conf.get("stage2_roi", "true")),
             crf=parse_crf(conf.get("crf"), conf.get("crf_keep_lesions")),
+            adapt_bn=as_bool(conf.get("adapt_bn", "false")),
             auto_train_on_save=as_bool(conf.get("auto_train_on_save", "false")),
             auto_train_after=int(conf.get("auto_train_after", "1")),
             auto_train_epochs=int(conf.get("auto_train_epochs", "20")),

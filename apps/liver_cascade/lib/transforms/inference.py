@@ -6,9 +6,13 @@ and the softmax probabilities are resized back to the slice's own size and
 averaged over scales (the paper's multi-scale fusion; one scale is
 single-scale). Probabilities are kept in float16 to bound memory. With a
 ``box``, only that in-plane box of each slice is resized and run (stage two
-on the liver's box); the rest of ``out`` keeps its values.
+on the liver's box); the rest of ``out`` keeps its values. ``adapt_batchnorm``
+re-estimates a network's batch-norm statistics on the volume's own slices
+before it runs (test-time adaptation).
 """
 
+import copy
+import math
 from typing import Callable, Optional, Sequence, Tuple
 
 import torch
@@ -38,6 +42,50 @@ def scaled_size(shape, scale: int):
     h, w = shape
     f = scale / max(h, w)
     return max(8, int(round(h * f))), max(8, int(round(w * f)))
+
+
+@torch.inference_mode()
+def adapt_batchnorm(
+    network: torch.nn.Module,
+    make_input: Callable[[Sequence[int]], Tensor],
+    indices: Sequence[int],
+    slice_shape,
+    scales: Sequence[int],
+    batch_size: int,
+    max_slices: int,
+    device: torch.device = torch.device("cpu"),
+    amp: bool = False,
+    box: Optional[Tuple[int, int, int, int]] = None,
+) -> torch.nn.Module:
+    """A copy of ``network`` whose batch-norm statistics are those of these slices (AdaBN).
+
+    The slices are the ones ``predict_slices`` would run (``indices``, cropped to ``box``, resized to
+    each scale), at most ``max_slices`` of them evenly spread; each batch takes every k-th of them, so
+    that it spans the volume as a training batch (slices of one volume) did. Running mean and variance
+    become the average of the batches' statistics. ``network`` itself (shared by the server's
+    requests) is not touched; a network without batch norm is returned as is."""
+    norms = [m for m in network.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    indices = list(indices)
+    if not norms or not indices:
+        return network
+    if len(indices) > max_slices:
+        indices = [indices[round(i * (len(indices) - 1) / (max_slices - 1))] for i in range(max_slices)]
+    net = copy.deepcopy(network)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+            m.train()
+    x0, x1, y0, y1 = box if box is not None else (0, slice_shape[0], 0, slice_shape[1])
+    n_batches = math.ceil(len(indices) / batch_size)
+    for b in range(n_batches):
+        x = make_input(indices[b::n_batches])[:, :, x0:x1, y0:y1].to(device)
+        for s in scales:
+            size = scaled_size((x1 - x0, y1 - y0), s)
+            xs = x if size == tuple(x.shape[-2:]) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                net(xs.contiguous(memory_format=torch.channels_last))
+    return net.eval()
 
 
 @torch.inference_mode()
