@@ -1,6 +1,8 @@
 """The uncertainty strategy ranks what it can score: an unlabeled image the model refuses (not CT, NaN
 voxels) once made "Next Sample" answer HTTP 500 for everyone until the image was deleted."""
 
+import time
+
 import nibabel as nib
 import numpy as np
 
@@ -47,3 +49,38 @@ def test_uncertainty_skips_images_the_model_refuses_and_ranks_the_rest(tmp_path)
         assert ds.info[bad][INFO_KEY]["model"] == scoring.model_stamp()
     scoring.score_image = None  # a second round reads the stored scores only
     assert LiverUncertaintyStrategy(scoring)({}, ds)["id"] == "ct"
+
+
+def test_next_sample_does_not_offer_two_annotators_the_same_image():
+    """Two annotators clicking Next Sample at once both got the most uncertain image."""
+    from lib.activelearning.uncertainty import LiverUncertaintyStrategy
+
+    scores = {"a": 0.9, "b": 0.5, "c": 0.1}
+    ds = FakeDatastore({k: k for k in scores})
+    strategy = LiverUncertaintyStrategy(lambda request, datastore: scores, hold_s=600)
+
+    def next_sample(client=None):
+        """as MONAI Label's /activelearning endpoint does: pick, then record who got it and when"""
+        request = {"strategy": "uncertainty", **({"client_id": client} if client else {})}
+        image = strategy(request, ds)["id"]
+        ds.info[image].setdefault("strategy", {})["uncertainty"] = {"ts": int(time.time()), "client_id": client or "admin"}
+        return image
+
+    assert next_sample("ann1") == "a"
+    assert next_sample("ann2") == "b"  # "a" is with ann1
+    assert next_sample("ann1") == "a"  # ann1 asking again keeps its image
+    assert next_sample("ann3") == "c"
+    # every image is with someone else: the one offered longest ago
+    ds.info["b"]["strategy"]["uncertainty"]["ts"] -= 300
+    assert next_sample("ann4") == "b"
+    # a hold ends
+    ds.info["a"]["strategy"]["uncertainty"]["ts"] -= 601
+    ds.info["a"]["strategy"]["random"] = {"ts": 0, "client_id": "ann9"}  # an old offer by another strategy
+    assert next_sample("ann5") == "a"
+    # clients without an id cannot be told apart: each request gets the next image
+    ds.info = {k: {} for k in scores}
+    assert [next_sample(), next_sample()] == ["a", "b"]
+    # hold 0: MONAI Label's behaviour, the most uncertain image for everyone
+    ds.info = {k: {} for k in scores}
+    strategy.hold_s = 0
+    assert [next_sample("ann1"), next_sample("ann2")] == ["a", "a"]

@@ -48,6 +48,9 @@ def test_annotation_round(tmp_path, server_factory):
     assert image in ("case2", "case3")
     info = requests.get(f"{url}/datastore/image/info", params={"image": image}, timeout=30).json()
     assert 0.0 <= info["liver_uncertainty"]["score"] <= 1.0
+    # a second annotator clicking Next Sample gets the other unlabeled image, not the one just offered
+    other = requests.post(f"{url}/activelearning/uncertainty", json={"client_id": "annotator-2"}, timeout=300)
+    assert other.status_code == 200 and other.json()["id"] in ("case2", "case3") and other.json()["id"] != image
 
     # infer with the current model
     def infer():

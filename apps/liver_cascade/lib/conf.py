@@ -132,6 +132,7 @@ class AppConf:
     external_symlinks: bool  # list datastore files that are symlinks to places outside the datastore
     max_parallel_infers: int  # inferences at once in the server process; more requests wait in line
     publish: str  # training's default "publish" mode: "better" (keep a better model in place) or "best"
+    sample_hold_s: float  # Next Sample (uncertainty) does not offer another client an image offered this recently
 
     @classmethod
     def from_conf(cls, conf: Dict[str, str], model_dir: Optional[str] = None) -> "AppConf":
@@ -157,4 +158,5 @@ class AppConf:
             external_symlinks=as_bool(conf.get("external_symlinks", "false")),
             max_parallel_infers=max(1, int(conf.get("max_parallel_infers", "1"))),
             publish=parse_choice("--conf publish", conf.get("publish"), PUBLISH_MODES),
+            sample_hold_s=float(conf.get("sample_hold_s", 600)),
         )

@@ -14,7 +14,7 @@ class LiverCascade(LiverTaskConfigBase, TaskConfig):
     description = "Liver and lesion segmentation, cascaded ResNet FCNs (Bi et al. 2017), with lesion report"
 
     def strategy(self):
-        return {"uncertainty": LiverUncertaintyStrategy(self._uncertainty())}
+        return {"uncertainty": LiverUncertaintyStrategy(self._uncertainty(), hold_s=self.app_conf.sample_hold_s)}
 
     def scoring_method(self):
         return {"liver_uncertainty": self._uncertainty(), "correction_dice": CorrectionDice()}
