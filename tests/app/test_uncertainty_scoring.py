@@ -53,33 +53,44 @@ def test_uncertainty_skips_images_the_model_refuses_and_ranks_the_rest(tmp_path)
 
 def test_next_sample_does_not_offer_two_annotators_the_same_image():
     """Two annotators clicking Next Sample at once both got the most uncertain image."""
-    from lib.activelearning.uncertainty import LiverUncertaintyStrategy
+    from lib.activelearning.uncertainty import OFFERS_KEY, LiverUncertaintyStrategy
 
     scores = {"a": 0.9, "b": 0.5, "c": 0.1}
     ds = FakeDatastore({k: k for k in scores})
     strategy = LiverUncertaintyStrategy(lambda request, datastore: scores, hold_s=600)
 
-    def next_sample(client=None):
+    def next_sample(client=None, name="uncertainty", pick=None):
         """as MONAI Label's /activelearning endpoint does: pick, then record who got it and when"""
-        request = {"strategy": "uncertainty", **({"client_id": client} if client else {})}
-        image = strategy(request, ds)["id"]
-        ds.info[image].setdefault("strategy", {})["uncertainty"] = {"ts": int(time.time()), "client_id": client or "admin"}
+        request = {"strategy": name, **({"client_id": client} if client is not None else {})}
+        image = pick or strategy(request, ds)["id"]
+        ds.info[image].setdefault("strategy", {})[name] = {"ts": int(time.time()), "client_id": client or "admin"}
         return image
+
+    def age(image, seconds):
+        for offer in ds.info[image].get("strategy", {}).values():
+            offer["ts"] -= seconds
+        for client in ds.info[image].get(OFFERS_KEY, {}):
+            ds.info[image][OFFERS_KEY][client] -= seconds
 
     assert next_sample("ann1") == "a"
     assert next_sample("ann2") == "b"  # "a" is with ann1
     assert next_sample("ann1") == "a"  # ann1 asking again keeps its image
     assert next_sample("ann3") == "c"
     # every image is with someone else: the one offered longest ago
-    ds.info["b"]["strategy"]["uncertainty"]["ts"] -= 300
+    age("b", 300)
     assert next_sample("ann4") == "b"
+    # ... and its first holder still keeps it (MONAI Label's record now names ann4 only)
+    assert next_sample("ann2") == "b"
+    # an offer by another strategy holds an image too, and does not take it from its holder
+    next_sample("ann9", name="first", pick="c")
+    assert next_sample("ann3") == "c"
     # a hold ends
-    ds.info["a"]["strategy"]["uncertainty"]["ts"] -= 601
-    ds.info["a"]["strategy"]["random"] = {"ts": 0, "client_id": "ann9"}  # an old offer by another strategy
+    age("a", 601)
     assert next_sample("ann5") == "a"
-    # clients without an id cannot be told apart: each request gets the next image
-    ds.info = {k: {} for k in scores}
-    assert [next_sample(), next_sample()] == ["a", "b"]
+    # clients without an id, or with Slicer's default one, cannot be told apart: each request gets the next image
+    for anonymous in (None, "user-xyz"):
+        ds.info = {k: {} for k in scores}
+        assert [next_sample(anonymous), next_sample(anonymous), next_sample("ann1")] == ["a", "b", "c"]
     # hold 0: MONAI Label's behaviour, the most uncertain image for everyone
     ds.info = {k: {} for k in scores}
     strategy.hold_s = 0

@@ -113,6 +113,30 @@ def default_preset(model_dir: Optional[str] = None) -> str:
     return order[-1]
 
 
+def conf_switch(conf: Dict[str, str], name: str, default: str) -> bool:
+    """A ``--conf`` switch: a value that is neither yes nor no stops the server with its name, as a request's
+    400 does (a typo such as ``ture`` read as false would silently change the server's behaviour)."""
+    value = conf.get(name, default)
+    try:
+        check_switch(name, value)
+    except ValueError as e:
+        raise ValueError(f"--conf {e}") from None
+    return as_bool(value)
+
+
+def conf_number(conf: Dict[str, str], name: str, default, kind=float, minimum: float = 0):
+    """A ``--conf`` number (``kind`` int or float, finite, >= ``minimum``), or an error naming the setting."""
+    value = conf.get(name, default)
+    try:
+        number = kind(float(value)) if kind is int else kind(value)
+        if not minimum <= number < float("inf") or (kind is int and number != float(value)):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        kind_name = "an integer" if kind is int else "a number"
+        raise ValueError(f"--conf {name} must be {kind_name} >= {minimum:g}, got {value!r}") from None
+    return number
+
+
 @dataclass(frozen=True)
 class AppConf:
     preset: str
@@ -143,20 +167,20 @@ class AppConf:
         return cls(
             preset=preset,
             scales=parse_scales(conf.get("scales"), preset),
-            batch_size=int(conf.get("batch_size", 16 if device == "cpu" else 32)),
-            stage2_roi=as_bool(conf.get("stage2_roi", "true")),
+            batch_size=conf_number(conf, "batch_size", 16 if device == "cpu" else 32, int, 1),
+            stage2_roi=conf_switch(conf, "stage2_roi", "true"),
             crf=parse_crf(conf.get("crf"), conf.get("crf_keep_lesions")),
-            adapt_bn=as_bool(conf.get("adapt_bn", "false")),
-            auto_train_on_save=as_bool(conf.get("auto_train_on_save", "false")),
-            auto_train_after=int(conf.get("auto_train_after", "1")),
-            auto_train_epochs=int(conf.get("auto_train_epochs", "20")),
+            adapt_bn=conf_switch(conf, "adapt_bn", "false"),
+            auto_train_on_save=conf_switch(conf, "auto_train_on_save", "false"),
+            auto_train_after=conf_number(conf, "auto_train_after", 1, int, 1),
+            auto_train_epochs=conf_number(conf, "auto_train_epochs", 20, int, 1),
             pretrained_path=conf.get("pretrained_path") or None,
-            min_lesion_ml=float(conf.get("min_lesion_ml", "0.05")),
+            min_lesion_ml=conf_number(conf, "min_lesion_ml", 0.05),
             tracking=conf.get("tracking", "none"),
-            max_voxels=int(float(conf.get("max_voxels", 512 * 512 * 1000))),
-            max_upload_mb=float(conf.get("max_upload_mb", 1024)),
-            external_symlinks=as_bool(conf.get("external_symlinks", "false")),
-            max_parallel_infers=max(1, int(conf.get("max_parallel_infers", "1"))),
+            max_voxels=conf_number(conf, "max_voxels", 512 * 512 * 1000, int, 1),
+            max_upload_mb=conf_number(conf, "max_upload_mb", 1024),
+            external_symlinks=conf_switch(conf, "external_symlinks", "false"),
+            max_parallel_infers=conf_number(conf, "max_parallel_infers", 1, int, 1),
             publish=parse_choice("--conf publish", conf.get("publish"), PUBLISH_MODES),
-            sample_hold_s=float(conf.get("sample_hold_s", 600)),
+            sample_hold_s=conf_number(conf, "sample_hold_s", 600),
         )

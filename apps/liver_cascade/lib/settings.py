@@ -105,6 +105,10 @@ LIVER_BOX_MIN_MARGIN: int = 16
 ADAPT_BN_MAX_SLICES: int = 64
 ADAPT_BN_MIN_SLICES: int = 8
 
+# client_id values that do not tell annotators apart (Next Sample treats them as no client_id): 3D
+# Slicer's MONAI Label module sends its "Client/User-ID" setting, "user-xyz" unless the user changes it.
+SHARED_CLIENT_IDS: Tuple[str, ...] = ("user-xyz",)
+
 # Model file names (under apps/liver_cascade/model/), one per (task, preset).
 def model_filename(task: str, preset: str) -> str:
     return f"{task}_{preset}.pt"

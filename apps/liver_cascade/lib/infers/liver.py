@@ -288,7 +288,10 @@ class LiverSegmentation(BasicInferTask):
 
         def adapted(net, make_input, indices, box=None):
             """the network with the volume's batch-norm statistics (the request's adapt_bn)"""
-            if not adapt or len(indices) < ADAPT_BN_MIN_SLICES:
+            if not adapt:
+                return net
+            if len(indices) < ADAPT_BN_MIN_SLICES:
+                logger.info(f"adapt_bn: {len(indices)} slices, fewer than {ADAPT_BN_MIN_SLICES}: the training's statistics")
                 return net
             t = time.time()
             net = adapt_batchnorm(net, make_input, indices, (h, w), scales, batch, ADAPT_BN_MAX_SLICES,
@@ -350,8 +353,8 @@ class LiverSegmentation(BasicInferTask):
             if idx:
                 # the statistics of stage two's automatic input (stage one's maps, on its liver slices and
                 # box, before any click is drawn in): clicks and a corrected liver then act through the
-                # input alone, as without adaptation (adapted to its own clicks, stage two followed them
-                # less: 35 against 49 % lesion Dice after 5 clicks, docs/RESULTS.md)
+                # input alone, as without adaptation; adapted to the clicked input, each click would shift
+                # the statistics, and with them the lesions, of the whole volume
                 auto_lesion = probs[2]  # stage two has not written yet
 
                 def automatic_input(i):
