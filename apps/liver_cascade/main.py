@@ -140,7 +140,11 @@ class LiverCascadeApp(MONAILabelApp):
     def on_save_label(self, image_id, label_id):
         """Count new final labels; with ``auto_train_on_save`` start (or enqueue) a training round."""
         super().on_save_label(image_id, label_id)
-        if label_id != self.datastore().get_label_by_image_id(image_id, DefaultLabelTag.FINAL):
+        saved = getattr(self.datastore(), "last_saved", None)
+        if saved is not None and saved.image_id == image_id:  # our datastore says which tag, and if it changed
+            if saved.tag != DefaultLabelTag.FINAL or not saved.changed:
+                return None  # another tag (the image's final label is not new), or the same final label again
+        elif label_id != self.datastore().get_label_by_image_id(image_id, DefaultLabelTag.FINAL):
             return None
         self._new_final_labels = getattr(self, "_new_final_labels", 0) + 1
         if not self.app_conf.auto_train_on_save or self._new_final_labels < self.app_conf.auto_train_after:

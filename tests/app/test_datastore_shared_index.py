@@ -102,3 +102,24 @@ def test_refresh_reads_reconciles_and_writes_under_one_lock(studies, monkeypatch
     server.remove_label("case0", "final")
     assert held and all(held)
     assert server.get_labeled_images() == []
+
+
+def test_a_deleted_label_leaves_the_listing_at_once_and_saves_say_what_changed(studies):
+    """With the file watcher on (the server's default) MONAI Label waited for the file event to drop a
+    deleted label from the index: it stayed listed for seconds. The app's on_save_label needs the tag and
+    whether the file changed (a second Submit of the same label is not a new final label)."""
+    from lib.datastore import SafeLocalDatastore
+
+    ds = SafeLocalDatastore(str(studies), max_voxels=10**8, extensions=("*.nii.gz",), auto_reload=True)
+    try:
+        ds.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+        assert ds.last_saved == ("case0", "final", True)
+        ds.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+        assert ds.last_saved == ("case0", "final", False)  # byte for byte the same
+        ds.save_label("case0", str(studies / "label0.nii.gz"), "review", {})
+        assert ds.last_saved.tag == "review" and ds.last_saved.changed
+        ds.remove_label("case0", "review")
+        assert "review" not in ds.get_labels_by_image_id("case0")
+        assert "final" in ds.get_labels_by_image_id("case0")
+    finally:
+        ds._observer.stop()

@@ -62,17 +62,24 @@ def test_annotation_round(tmp_path, server_factory):
     stage1 = srv.app_dir / "model" / "liver_resnet_lite.pt"
     mtime_before = os.stat(stage1).st_mtime
 
+    def save(image_id, path, tag="final"):
+        with open(path, "rb") as f:
+            r = requests.put(f"{url}/datastore/label", params={"image": image_id, "tag": tag},
+                             files={"label": ("corrected.nii.gz", f)},
+                             data={"params": json.dumps({"label_info": [{"name": "liver", "idx": 1},
+                                                                        {"name": "lesion", "idx": 2}]})},
+                             timeout=60)
+        assert r.status_code == 200, r.text
+
+    # a label under another tag, on an image that has a final label, is not a new final label: no training
+    save("case0", studies / "labels" / "final" / "case0.nii.gz", tag="review")
+    assert requests.get(f"{url}/train/", params={"all": "true"}, timeout=30).status_code == 404  # no training task
+
     # the annotator corrects it and saves a final label (as OHIF and Slicer do)
     label_file = tmp_path / "corrected.nii.gz"
     ref = refs[image]
     nib.save(nib.Nifti1Image(ref.label, ref.affine), str(label_file))
-    with open(label_file, "rb") as f:
-        r = requests.put(f"{url}/datastore/label", params={"image": image, "tag": "final"},
-                         files={"label": ("corrected.nii.gz", f)},
-                         data={"params": json.dumps({"label_info": [{"name": "liver", "idx": 1},
-                                                                    {"name": "lesion", "idx": 2}]})},
-                         timeout=60)
-    assert r.status_code == 200, r.text
+    save(image, label_file)
 
     # how much did the annotator correct? (original prediction vs final)
     wait_idle(url, "scoring")  # MONAI Label re-scores in the background after /activelearning
@@ -95,6 +102,10 @@ def test_annotation_round(tmp_path, server_factory):
     assert (srv.app_dir / "model" / "liver_resnet_lite_curve.png").exists()
     assert len(stats["history"]) == 1 and stats["history"][0]["published"]
     assert "val_liver_dice" in stats["history"][0]  # validated on a held-out labelled volume
+
+    # the same final label saved again (Submit clicked twice) starts no other round
+    save(image, label_file)
+    assert len(requests.get(f"{url}/train/", params={"all": "true"}, timeout=30).json()) == 2
 
     # the next inference uses the new model, without a restart
     after = infer()

@@ -16,6 +16,7 @@
 """
 
 import contextlib
+import filecmp
 import fnmatch
 import functools
 import json
@@ -26,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Dict
+from typing import Any, Dict, NamedTuple
 
 from fastapi import HTTPException
 from filelock import FileLock
@@ -96,6 +97,12 @@ def _reading_the_current_index(cls):
 
         setattr(cls, name, fresh)
     return cls
+
+
+class SavedLabel(NamedTuple):
+    image_id: str
+    tag: str
+    changed: bool  # False when the file is byte for byte the label that was there
 
 
 @_reading_the_current_index
@@ -285,6 +292,7 @@ class SafeLocalDatastore(LocalDatastore):
         _, label_ext = self._to_id(os.path.basename(label_filename))
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, label_ext)
+        self.last_saved = None
         with self._locked():
             self._load_changed_index()
             obj = self._datastore.objects.get(image_id)
@@ -292,13 +300,18 @@ class SafeLocalDatastore(LocalDatastore):
                 raise HTTPException(status_code=404, detail=f"image {image_id!r} was removed; label not saved")
             os.makedirs(label_path, exist_ok=True)
             old = obj.labels.get(label_tag)
-            atomic_copy(label_filename, os.path.join(label_path, name))
+            target = os.path.join(label_path, name)
+            same = old is not None and os.path.isfile(target) and filecmp.cmp(label_filename, target, shallow=False)
+            atomic_copy(label_filename, target)
             if old and old.ext != label_ext:  # the same label in another format: drop the stale file
                 stale = os.path.join(label_path, self._filename(image_id, old.ext))
                 if os.path.exists(stale):
                     os.remove(stale)
             obj.labels[label_tag] = DataModel(info=_stamped(label_info, name), ext=label_ext)
             self._update_datastore_file()
+        # what the app's on_save_label, called next in the same request, needs and MONAI Label does not
+        # pass: the tag, and whether the file changed (MONAI Label serves label saves one at a time)
+        self.last_saved = SavedLabel(image_id, label_tag, changed=not same)
         return image_id
 
     def remove_image(self, image_id: str) -> None:
@@ -310,7 +323,9 @@ class SafeLocalDatastore(LocalDatastore):
     def remove_label(self, label_id: str, label_tag: str) -> None:
         if not self.get_label_uri(label_id, label_tag):
             raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
-        return super().remove_label(label_id, label_tag)
+        super().remove_label(label_id, label_tag)
+        if self._auto_reload:  # MONAI Label then waits for the file event: the label stayed listed for seconds
+            self.refresh()
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         check_name(image_id, "image id")
