@@ -177,16 +177,19 @@ class LiverCascadeApp(MONAILabelApp):
             raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(self._infers)}")
         ds = datastore if datastore else self.datastore()
         path, uploaded = self._input_path(request.get("image"), ds)
-        if isinstance(ds, SafeLocalDatastore) and not uploaded:
+        if (isinstance(ds, SafeLocalDatastore) and not uploaded
+                and not ds.get_label_by_image_id(request.get("image"), DefaultLabelTag.FINAL)):
             # keep the model's prediction as the 'original' label, so that the
-            # correction_dice scoring can tell how much the annotator changed it
+            # correction_dice scoring can tell how much the annotator changed it; not once the image
+            # has a final label: a later inference (a check after retraining) is not what was corrected
             request.setdefault("save_label", True)
         if os.path.isfile(path):
             try:
                 # uploads are scanned whole (a truncated upload is common); datastore files were vetted
                 check_volume_file(path, self.app_conf.max_voxels, verify_data=uploaded)
             except InputError as e:
-                raise HTTPException(status_code=e.status, detail=f"Image {request.get('image')!r}: {e}") from e
+                what = "the uploaded image" if uploaded else f"Image {request.get('image')!r}"
+                raise HTTPException(status_code=e.status, detail=f"{what}: {e}") from e
         if request.get("label"):
             if not self._is_upload(request["label"]):
                 raise HTTPException(status_code=400, detail="label must be uploaded with the request")

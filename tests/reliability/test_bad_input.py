@@ -3,7 +3,9 @@
 import gzip
 import io
 import json
+import os
 import struct
+import tempfile
 
 import nibabel as nib
 import numpy as np
@@ -100,6 +102,7 @@ def test_bad_volume_upload_is_refused(server, phantom_ct, case):
     r = upload(server, data, name)
     assert r.status_code == status, f"{case}: {r.status_code} {r.text}"
     assert words.lower() in r.json()["detail"].lower(), r.text
+    assert os.path.join(tempfile.gettempdir(), "tmp") not in r.text  # not the upload's temporary file
     assert_still_serving(server)
 
 
@@ -159,6 +162,7 @@ def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server
                      files={"label": (name, io.BytesIO(data))}, timeout=60)
     assert r.status_code == 400, r.text
     assert "not saved" in r.json()["detail"]
+    assert os.path.join(tempfile.gettempdir(), "tmp") not in r.text  # the reason, not the upload's temporary file
     assert final.read_bytes() == before_bytes  # the annotator's label is untouched
     assert _labels(server) == before_labels
     assert not [p for p in final.parent.iterdir() if p.name.startswith(".")]  # no partial file left behind

@@ -107,8 +107,12 @@ def test_annotation_round(tmp_path, server_factory):
     save(image, label_file)
     assert len(requests.get(f"{url}/train/", params={"all": "true"}, timeout=30).json()) == 2
 
-    # the next inference uses the new model, without a restart
+    # the next inference uses the new model, without a restart; on a labelled image it leaves the
+    # 'original' (the prediction the annotator corrected, which correction_dice reads) as it was
+    original = next((studies / "labels" / "original").glob(f"{image}.*"))
+    original_bytes = original.read_bytes()
     after = infer()
+    assert original.read_bytes() == original_bytes
     used = {m["file"]: m["mtime"] for m in after["models_used"]}
     used_before = {m["file"]: m["mtime"] for m in before["models_used"]}
     assert used["liver_resnet_lite.pt"] != used_before["liver_resnet_lite.pt"]

@@ -39,6 +39,13 @@ class Geometry:
     components: int = 1  # values per voxel (a multi-layer Slicer .seg.nrrd has one per layer)
 
 
+def _reason(e: Exception, path: str) -> str:
+    """A reader's error for the caller: its first line, without the server's path of the file (an upload's
+    temporary file, or the datastore's layout)."""
+    text = str(e).replace(f"File {path}", "the file").replace(str(path), "the file")
+    return (text.splitlines() or ["no detail"])[0][:200]
+
+
 def _is_gz(path: str) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == b"\x1f\x8b"
@@ -48,7 +55,7 @@ def _nifti_geometry(path: str) -> Geometry:
     try:
         img = nib.load(path)
     except Exception as e:
-        raise InputError(f"not a readable NIfTI file ({type(e).__name__}: {e})") from e
+        raise InputError(f"not a readable NIfTI file ({type(e).__name__}: {_reason(e, path)})") from e
     hdr = img.header
     shape = tuple(int(s) for s in img.shape)
     with ImageOpener(path) as f:  # the header as written: nibabel's loader "fixes" 0 or negative pixdim
@@ -64,7 +71,7 @@ def _itk_geometry(path: str) -> Geometry:
         r.SetFileName(path)
         r.ReadImageInformation()
     except Exception as e:
-        raise InputError(f"not a readable image file ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise InputError(f"not a readable image file ({type(e).__name__}: {_reason(e, path)})") from e
     shape = tuple(int(s) for s in r.GetSize())
     spacing = tuple(float(s) for s in r.GetSpacing())
     d = np.asarray(r.GetDirection(), float).reshape(r.GetDimension(), r.GetDimension())
@@ -105,7 +112,7 @@ def _check_complete(path: str, g: Geometry):
                     if n >= need:
                         break
         except (EOFError, OSError, zlib.error) as e:
-            raise InputError(f"the compressed file is truncated or corrupt ({e})") from e
+            raise InputError(f"the compressed file is truncated or corrupt ({_reason(e, path)})") from e
     else:
         n = os.path.getsize(path)
     if n < need:
@@ -211,5 +218,5 @@ def check_label_values(path: str, not_empty: bool = False) -> None:
         else:
             data = sitk.GetArrayFromImage(sitk.ReadImage(path))  # a copy: a view dies with its image
     except Exception as e:
-        raise InputError(f"could not read the label's voxels ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+        raise InputError(f"could not read the label's voxels ({type(e).__name__}: {_reason(e, path)})") from e
     check_label_array(data, not_empty)
