@@ -159,7 +159,12 @@ class LiverCascadeApp(MONAILabelApp):
         """MONAI Label re-scores with every method, each in a new process, after every Next Sample (and
         after training and at start): on 2 cores a few clicks queued minutes of identical work, and a
         scoring request got 429 meanwhile. That automatic re-scoring (``method`` None) now runs only when
-        what the scores read changed: the model files, the images or their labels."""
+        what the scores read changed: the model files, the images or their labels. The scoring and
+        training processes MONAI Label starts asked the server for it too, at their start and end: while
+        scoring ran that was a 429, logged as an error, over a hundred times in one annotation session;
+        the server's next Next Sample re-scores when a model changed, so they no longer ask."""
+        if method is None and not self._server_mode:
+            return {}
         if method is None and self._server_mode and isinstance(self._datastore, SafeLocalDatastore):
             stamp = (self._datastore.files_stamp(),
                      tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(self.model_dir)

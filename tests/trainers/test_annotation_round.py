@@ -129,6 +129,10 @@ def test_annotation_round(tmp_path, server_factory):
         assert requests.post(f"{url}/activelearning/random", json={}, timeout=300).status_code == 200
     assert len(requests.get(f"{url}/scoring/", params={"all": "true"}, timeout=30).json()) == runs
 
+    # the scoring and training processes no longer ask the server for re-scoring (a 429 logged as an error
+    # while scoring ran)
+    assert "Failed To Trigger" not in srv.log.read_text()
+
     # the server's own index writes (the strategies store scores) kept the scoring process's result
     index = json.loads((studies / "datastore_v2.json").read_text())["objects"]
     assert set(index[image]["image"]["info"]["correction_dice"]) == {"liver", "lesion", "model"}
