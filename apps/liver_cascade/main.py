@@ -165,7 +165,7 @@ class LiverCascadeApp(MONAILabelApp):
         the server's next Next Sample re-scores when a model changed, so they no longer ask."""
         if method is None and not self._server_mode:
             return {}
-        if method is None and self._server_mode and isinstance(self._datastore, SafeLocalDatastore):
+        if method is None and isinstance(self._datastore, SafeLocalDatastore):
             stamp = (self._datastore.files_stamp(),
                      tuple(sorted((e.name, e.stat().st_mtime_ns) for e in os.scandir(self.model_dir)
                                   if e.name.endswith(".pt"))))

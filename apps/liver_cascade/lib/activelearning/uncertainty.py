@@ -81,7 +81,10 @@ class LiverUncertaintyStrategy(Strategy):
         score, image = free[0] if free else min(ranked, key=lambda r: (held[r[1]], -r[0]))
         # recorded before answering: MONAI Label serves Next Sample one request at a time, so the next
         # request sees it; its own "strategy" record keeps only the last client per strategy
-        datastore.update_image_info(image, {OFFERS_KEY: {**offers[image], client: now}})
+        try:
+            datastore.update_image_info(image, {OFFERS_KEY: {**offers[image], client: now}})
+        except Exception as e:  # as MONAI Label's own record: a sample without the hold beats no sample
+            logger.warning(f"Uncertainty strategy: could not record the offer of {image}: {e}")
         logger.info(f"Uncertainty strategy: {image} (score {score:.4f}) of {len(ranked)} unlabeled for {client}, "
                     f"{len(ranked) - len(free)} offered to another client in the last {self.hold_s:g} s")
         return {"id": image, "weight": score, INFO_KEY: score}
