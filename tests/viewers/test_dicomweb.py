@@ -85,6 +85,13 @@ def test_final_label_is_stored_as_dicom_seg(tmp_path, phantom_series, orthanc, d
     assert np.array_equal(sitk.GetArrayFromImage(saved), sitk.GetArrayFromImage(expected))
     r = requests.post(f"{dicomweb_server.url}/activelearning/first", json={}, timeout=60)
     assert r.status_code == 200 and r.json().get("id") != uid
+    # the uncertainty strategy scores and offers series too (its offer record lives in the DICOMweb
+    # datastore's cache); one unlabeled series is left, so both annotators get it
+    for client in ("ann1", "ann2"):
+        r = requests.post(f"{dicomweb_server.url}/activelearning/uncertainty", json={"client_id": client}, timeout=600)
+        assert r.status_code == 200 and r.json().get("id") not in (None, uid), r.text
+        assert 0.0 <= r.json()["liver_uncertainty"]["score"] <= 1.0
+    assert {"ann1", "ann2"} <= set(r.json()["next_sample_offers"])  # with the /first offer above ("admin")
 
 
 def test_bad_labels_are_refused_and_nothing_is_stored(tmp_path, phantom_series, orthanc, dicomweb_server):
