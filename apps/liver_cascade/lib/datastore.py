@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import threading
 import time
-from typing import Any, Dict, NamedTuple
+from typing import Any, Dict, NamedTuple, Optional
 
 from fastapi import HTTPException
 from filelock import FileLock
@@ -112,6 +112,7 @@ class SafeLocalDatastore(LocalDatastore):
         self._external_symlinks = external_symlinks
         self._lock_holder = threading.local()  # does this thread hold the index's file lock (_locked)
         self._known_index = None  # (inode, mtime, size) of the index as this process last read or wrote it
+        self.last_saved: Optional[SavedLabel] = None  # the last save_label's image, tag and whether it changed
         self._set_aside_corrupt_config(datastore_path, kwargs.get("datastore_config", "datastore_v2.json"))
         self._remove_partial_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
@@ -155,7 +156,8 @@ class SafeLocalDatastore(LocalDatastore):
 
     def _update_datastore_file(self, lock=True):
         """MONAI Label writes the index in place; write it to a temporary file and rename instead, under
-        the file lock (taken here unless this thread holds it: MONAI Label's steps nest)."""
+        the file lock (taken here unless this thread holds it: MONAI Label's steps nest; its ``lock``
+        argument is kept for its callers and no longer needed)."""
         with self._locked():
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
             self._ignore_event_config = True

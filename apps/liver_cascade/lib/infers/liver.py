@@ -350,7 +350,7 @@ class LiverSegmentation(BasicInferTask):
                 return torch.stack([vol_dev[..., i]] + maps).permute(3, 0, 1, 2)
 
             t0 = time.time()
-            if idx:
+            if idx and adapt:
                 # the statistics of stage two's automatic input (stage one's maps, on its liver slices and
                 # box, before any click is drawn in): clicks and a corrected liver then act through the
                 # input alone, as without adaptation; adapted to the clicked input, each click would shift
@@ -361,8 +361,9 @@ class LiverSegmentation(BasicInferTask):
                     maps = [auto_lesion[..., i].to(device).float(), liver_dev[..., i].float()]
                     return torch.stack([vol_dev[..., i]] + maps).permute(3, 0, 1, 2)
 
-                auto_box = liver_box(liver_map) if box is not None else None
+                auto_box = liver_box(liver_map) if box is not None and fg else box  # a click may widen the box
                 net2 = adapted(net2, automatic_input, with_margin(auto_liver) if roi else list(range(n)), auto_box)
+            if idx:
                 # in place: slices outside the ROI keep stage one's probabilities
                 probs = predict_slices(net2, stage2_input, n, (h, w), scales, batch, indices=idx,
                                        out=probs, device=device, amp=amp, box=box)
