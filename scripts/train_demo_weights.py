@@ -34,13 +34,13 @@ OTHER_PHASE = {patient: (f"{dst}.nii.gz", f"{dst}_label.nii.gz") for patient, (_
 
 def datalists(real_dir: Path, phantoms: Path, holdout: str, repeat_real: int, n_val_phantoms: int, work: Path,
               transfer_dir: Path = None, n_train_phantoms: int = None, val_other_phase: bool = False,
-              lits: list = None, n_val_lits: int = 5):
+              lits: list = None, n_val_lits: int = 5, extra_train: list = None):
     """Training and validation datalists.
 
     ``val_other_phase``: the training patient's other phase validates (real CT to choose the epoch on)
     instead of being trained on, and no phantom does. ``lits``: labelled real CT (datastore items, e.g.
     fetch_msd.py's Task03 layout); its first ``n_val_lits`` cases validate, the rest train, and then
-    all the phantoms train."""
+    all the phantoms train. ``extra_train``: more items that train (e.g. pseudo-labelled series)."""
     vols = sorted(phantoms.glob("volume-*.nii.gz"), key=lambda p: int(p.name.split("-")[1].split(".")[0]))
     items = [{"image": str(v), "label": str(v.with_name(v.name.replace("volume", "segmentation")))} for v in vols]
     val, train = items[:n_val_phantoms], items[n_val_phantoms:]
@@ -64,6 +64,7 @@ def datalists(real_dir: Path, phantoms: Path, holdout: str, repeat_real: int, n_
                     val.append(other)
                 else:
                     train += [other] * repeat_real
+    train += extra_train or []
     work.mkdir(parents=True, exist_ok=True)
     (work / "train.json").write_text(json.dumps(train, indent=1))
     (work / "val.json").write_text(json.dumps(val, indent=1))
@@ -77,6 +78,23 @@ def lits_items(folder):
     from fetch_msd import datastore_items
 
     return [i for i in datastore_items(folder) if i["label"]]
+
+
+def pseudo_labelled(args, work: Path) -> list:
+    """The held-out patient's other (unlabeled) phase with the label the cascade in --model-dir gives it,
+    as ``--repeat-real`` datalist items. Needs a held-out patient and that cascade's weights."""
+    from lib.evaluation.predict import make_task, predict_file
+
+    if args.holdout not in OTHER_PHASE:
+        raise SystemExit("--pseudo-other-phase needs one held-out real patient")
+    image = Path(args.real_dir) / OTHER_PHASE[args.holdout][0]
+    # one pseudo-label per teacher (--model-dir), shared by the stage-one and stage-two commands
+    label = work / "pseudo" / Path(args.model_dir).name / OTHER_PHASE[args.holdout][1]
+    if not label.exists():
+        task = make_task("liver_cascade", args.model_dir, {"preset": args.preset})
+        predict_file(task, str(image), str(label))
+        print(f"pseudo-label of {image.name}: {label}", flush=True)
+    return [{"image": str(image), "label": str(label)}] * args.repeat_real
 
 
 def score(task, image: Path, label: Path, out: Path, params: dict = None) -> dict:
@@ -159,13 +177,18 @@ def main(argv=None):
                          "training on it; no phantom validates")
     ap.add_argument("--swa-from", type=float, default=None,
                     help="publish the average of the weights after each epoch past this fraction (the swa_from option)")
+    ap.add_argument("--pseudo-other-phase", action="store_true",
+                    help="self-training: the held-out patient's unlabeled other phase, labelled by the cascade "
+                         "already in --model-dir (the app's defaults), trains too (x --repeat-real); "
+                         "the held-out labelled series is never used")
     args = ap.parse_args(argv)
     args.other_phase = args.other_phase or args.val_other_phase
     if args.holdout == "all" and args.other_phase:
         ap.error("--holdout all trains on no real patient, so there is no other phase to use")
 
     models = args.models.split(",")
-    args.model_dir = str(Path(args.model_dir).resolve())  # the trainer runs in the app's folder
+    # the trainer runs in the app's folder: paths given relative to here are resolved first
+    args.model_dir, args.work = (str(Path(p).resolve()) for p in (args.model_dir, args.work))
     # train request keys set on the command line (None: the trainer's default), plus the datalist's
     # phantom count; all named in the output paths
     recipe = {"flip_prob": ("flip", args.flip_prob), "rotate_deg": ("rot", args.rotate_deg),
@@ -175,8 +198,11 @@ def main(argv=None):
               "contrast_scale": ("cs", args.contrast_scale), "dice_batch": ("db", 1 if args.dice_batch else None),
               "lesion_weight": ("lw", args.lesion_weight), "lesion_ratio": ("lesr", args.lesion_ratio)}
     options = {**recipe, "train_phantoms": ("phantoms", args.train_phantoms),
-               "val_other_phase": ("valreal", 1 if args.val_other_phase else None)}
+               "val_other_phase": ("valreal", 1 if args.val_other_phase else None),
+               "pseudo_other_phase": ("pseudo", 1 if args.pseudo_other_phase else None)}
     variant = "_".join(f"{tag}{v:g}" for tag, v in options.values() if v is not None)
+    if args.finetune:
+        variant = "_".join(v for v in ("ft", variant) if v)
     if args.preset != "lite":
         variant = "_".join(v for v in (args.preset, variant) if v)
     if args.lits:
@@ -190,9 +216,10 @@ def main(argv=None):
 
             transfer(["--real-dir", args.real_dir, "--out", str(transfer_dir)])
     lits = lits_items(args.lits)
+    extra = pseudo_labelled(args, Path(args.work) / f"holdout_{args.holdout}") if args.pseudo_other_phase else None
     train_ds, val_ds = datalists(Path(args.real_dir), Path(args.phantoms), args.holdout, args.repeat_real,
                                  args.val_phantoms, work, transfer_dir, args.train_phantoms, args.val_other_phase,
-                                 lits, args.lits_val)
+                                 lits, args.lits_val, extra)
     # The paper's sampling and batch; from scratch on a CPU budget (no ImageNet weights) a
     # 6x higher SGD rate and a Dice term converge in minutes where lr 0.0016 did not move.
     request = {"samples_per_volume": 10, "train_batch_size": 10, "liver_ratio": 1.0,

@@ -109,3 +109,34 @@ def test_lits_path_end_to_end(tmp_path, capfd, monkeypatch):
     assert {p.name for p in model_dir.glob("*.pt")} == {"vgg_fcn_lite.pt", "liver_resnet_lite.pt", "liver_cascade_lite.pt"}
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert stats["history"] and "val_liver_dice" in stats["history"][-1]
+
+
+def test_pseudo_other_phase_labels_the_held_out_patients_other_series_with_the_teacher(tmp_path):
+    """--pseudo-other-phase: the held-out patient's unlabeled other phase trains, with the label the
+    cascade in --model-dir gives it; the held-out labelled series never trains."""
+    real = tmp_path / "real"
+    real.mkdir()
+    other_img, other_lab = tdw.OTHER_PHASE["hcc_0697"]
+    shutil.copy(LITS / "volume-3.nii.gz", real / other_img)  # a phantom stands in for the unlabeled series
+    ns = type("Args", (), {"holdout": "hcc_0697", "real_dir": str(real), "repeat_real": 3,
+                           "model_dir": str(ROOT / "apps" / "liver_cascade" / "model"), "preset": "lite"})
+    items = tdw.pseudo_labelled(ns, tmp_path / "work")
+    label = tmp_path / "work" / "pseudo" / "model" / other_lab
+    assert items == [{"image": str(real / other_img), "label": str(label)}] * 3
+    import nibabel as nib
+    import numpy as np
+
+    seg, img = nib.load(str(label)), nib.load(str(real / other_img))
+    assert seg.shape == img.shape and np.allclose(seg.affine, img.affine)
+    values = set(np.unique(np.asarray(seg.dataobj)).tolist())
+    assert values <= {0, 1, 2} and 1 in values  # the shipped cascade finds the phantom's liver
+    mtime = label.stat().st_mtime
+    assert tdw.pseudo_labelled(ns, tmp_path / "work") == items and label.stat().st_mtime == mtime  # labelled once
+    train_ds, _ = tdw.datalists(real, _phantoms(tmp_path / "ph", 3), "hcc_0697", 3, 2, tmp_path / "work",
+                                extra_train=items)
+    train = json.loads(train_ds.read_text())
+    assert _names(train)[-3:] == [other_img] * 3
+    assert tdw.REAL["hcc_0697"][0] not in _names(train)  # the held-out labelled series: never
+    ns.holdout = "all"
+    with pytest.raises(SystemExit, match="one held-out"):
+        tdw.pseudo_labelled(ns, tmp_path / "work")
