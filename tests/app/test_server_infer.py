@@ -83,6 +83,11 @@ def test_infer_keeps_geometry(server, studies, tmp_path, model, image):
     assert set(np.unique(np.asarray(lab.dataobj))) <= {0, 1, 2}
     if model == "liver_cascade":
         assert "lesion_report" in params and "liver_volume_ml" in params["lesion_report"]
+        lesions = params["lesion_report"]["lesions"]
+        assert lesions  # the phantom's lesions: some are found
+        arr = np.asarray(lab.dataobj)
+        # each lesion's click voxel (file indices) is on that lesion in the returned label
+        assert all(arr[tuple(les["click_voxel"])] == 2 for les in lesions), lesions
 
 
 def test_infer_nrrd_for_slicer(server, studies, tmp_path):
@@ -191,6 +196,22 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
         r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
                           data={"params": "{}"}, files={"label": ("layers.seg.nrrd", f)}, timeout=300)
     assert r.status_code == 400 and "label" in r.text and "layer" in r.text, r.text
+    # an empty label (a viewer's empty segment) is not a liver to keep: the model's liver is used, the
+    # clicks still count, and the result says so (it returned an empty segmentation and dropped the clicks)
+    nib.save(nib.Nifti1Image(np.zeros_like(liver), ref.affine), str(moved_file))
+    with open(moved_file, "rb") as f:
+        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
+                          data={"params": json.dumps({"foreground": [fg]})},
+                          files={"label": ("empty.nii.gz", f)}, timeout=300)
+    assert r.status_code == 200, r.text
+    params, data = parts(r)
+    (tmp_path / "o3.nii.gz").write_bytes(data)
+    out3 = np.asarray(nib.load(str(tmp_path / "o3.nii.gz")).dataobj)
+    assert out3[tuple(fg)] == 2 and any("empty" in note for note in params["notes"]), params
+    params4, data4 = parts(infer(server, "liver_cascade", "lps_odd", {"foreground": [fg]}))
+    (tmp_path / "o4.nii.gz").write_bytes(data4)
+    assert np.array_equal(out3, np.asarray(nib.load(str(tmp_path / "o4.nii.gz")).dataobj))  # as if no label was sent
+    assert "notes" not in params4  # only when something sent was not used
     seg_values = liver * 5  # any segment value counts as liver: an annotator's labelmap is not checked for 0/1/2
     nib.save(nib.Nifti1Image(seg_values.astype(np.uint8), ref.affine), str(moved_file))
     with open(moved_file, "rb") as f:

@@ -8,6 +8,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "apps" / "liver_cas
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from lib.evaluation.lesion_report import (  # noqa: E402
     REPORT_CSV_FIELDS,
@@ -148,9 +149,31 @@ def test_infer_report_gives_voxel_indices_in_the_files_order(tmp_path, layout):
     assert got["axial_axis"] == want["axial_axis"] == (2 if layout == "z_flipped" else 0)
     assert got["voxel_spacing_mm"] == want["voxel_spacing_mm"]
     (g,), (w,) = got["lesions"], want["lesions"]
-    for key in ("centroid_voxel", "centroid_mm", "axial_slice", "longest_axial_diameter_mm", "volume_ml"):
+    for key in ("centroid_voxel", "click_voxel", "centroid_mm", "axial_slice", "longest_axial_diameter_mm", "volume_ml"):
         assert g[key] == pytest.approx(w[key], abs=1e-6), key
+    assert arr[tuple(g["click_voxel"])] == LESION
     assert w["axial_slice"] == 1
+
+
+def test_click_voxel_is_inside_the_lesion_even_when_its_centroid_is_not():
+    """A crescent's centroid lies in the liver it wraps around: a click there would miss the lesion.
+    ``click_voxel`` is the lesion voxel deepest inside it (mm), nearest the centroid among equals."""
+    spacing = (0.8, 0.8, 2.5)
+    lab, aff = liver_volume((100, 80, 30), spacing)
+    ball = ellipsoid(lab.shape, (30, 40, 15), (8, 8, 8), spacing)
+    lab[ball] = LESION
+    shell = ellipsoid(lab.shape, (70, 40, 15), (12, 12, 10), spacing) & ~ellipsoid(lab.shape, (70, 40, 15), (7, 7, 6), spacing)
+    crescent = shell & (np.arange(lab.shape[0])[:, None, None] < 70)  # the left half of a hollow shell
+    lab[crescent] = LESION
+    rep = lesion_report(lab, aff)
+    by_size = {les["n_voxels"]: les for les in rep["lesions"]}
+    arc, sphere = by_size[int(crescent.sum())], by_size[int(ball.sum())]
+    assert lab[tuple(np.round(arc["centroid_voxel"]).astype(int))] != LESION  # the centroid misses it
+    assert lab[tuple(arc["click_voxel"])] == LESION and all(isinstance(c, int) for c in arc["click_voxel"])
+    assert sphere["click_voxel"] == [30, 40, 15]  # a ball's deepest voxel is its centre
+    # the deepest: no lesion voxel is farther from the border than the one reported
+    depth = ndimage.distance_transform_edt(np.pad(crescent, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    assert depth[tuple(arc["click_voxel"])] == depth.max()
 
 
 def test_lesion_cut_by_volume_edge():

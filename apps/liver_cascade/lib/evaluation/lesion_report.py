@@ -12,7 +12,11 @@ components smaller than ``min_volume_ml`` are dropped (and counted). They are or
 by volume, largest first, and numbered 1..n. For each:
 
 - ``centroid_mm``: the affine applied to the mean voxel index (world frame of the
-  affine, RAS for NIfTI); ``centroid_voxel`` is the index itself;
+  affine, RAS for NIfTI); ``centroid_voxel`` is the index itself. It may fall outside
+  the lesion (a crescent, a rim);
+- ``click_voxel``: a voxel of the lesion to click on (integer indices): the one deepest
+  inside it (largest distance in mm to the lesion's border), the nearest to the centroid
+  among equals;
 - ``longest_axial_diameter_mm`` / ``perpendicular_diameter_mm`` (RECIST-like): on
   every axial slice of the lesion, the in-plane pixel centres are mapped to mm with
   the slice's two affine columns (in an orthonormal frame of the slice plane, so
@@ -149,7 +153,7 @@ def lesion_report(
     ``tumour_burden_percent``, ``n_lesions`` (listed), ``n_lesions_below_min_volume``,
     ``min_lesion_volume_ml``, ``voxel_spacing_mm`` (per array axis), ``axial_axis`` and
     ``lesions``: a list of dicts with ``id``, ``volume_ml``, ``n_voxels``,
-    ``centroid_mm``, ``centroid_voxel``, ``longest_axial_diameter_mm``,
+    ``centroid_mm``, ``centroid_voxel``, ``click_voxel``, ``longest_axial_diameter_mm``,
     ``perpendicular_diameter_mm``, ``axial_slice``, ``n_slices``, ``mean_hu``,
     ``mean_confidence``. Definitions in the module docstring.
     """
@@ -166,6 +170,7 @@ def lesion_report(
     inplane = [a for a in range(3) if a != ax]
     plane = _plane_matrix(affine, inplane)
     vox_ml = voxel_volume_ml(affine)
+    spacing = voxel_spacing(affine)
 
     lesion = label == LABELS["lesion"]
     lesion_voxels = int(np.count_nonzero(lesion))
@@ -187,6 +192,7 @@ def lesion_report(
         idx = np.argwhere(inside) + np.array([s.start for s in box])
         centroid_vox = idx.mean(axis=0)
         centroid = affine[:3, :3] @ centroid_vox + affine[:3, 3]
+        click = interior_voxel(inside, spacing, centroid_vox - [s.start for s in box]) + [s.start for s in box]
         order = np.argsort(idx[:, ax], kind="stable")
         idx = idx[order]
         slices, starts = np.unique(idx[:, ax], return_index=True)
@@ -204,6 +210,7 @@ def lesion_report(
                 "n_voxels": int(sizes[k]),
                 "centroid_mm": [round(float(c), 2) for c in centroid],
                 "centroid_voxel": [round(float(c), 2) for c in centroid_vox],
+                "click_voxel": [int(c) for c in click],
                 "longest_axial_diameter_mm": round(best[0], 2),
                 "perpendicular_diameter_mm": round(best[1], 2),
                 "axial_slice": best[2],
@@ -226,9 +233,16 @@ def lesion_report(
     }
 
 
+def interior_voxel(mask: np.ndarray, spacing: Sequence[float], near: Sequence[float]) -> np.ndarray:
+    """The index of ``mask``'s voxel farthest (in mm) from its border, the nearest to ``near`` among equals."""
+    depth = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    deepest = np.argwhere(depth == depth.max())
+    return deepest[np.argmin(np.linalg.norm((deepest - np.asarray(near)) * spacing, axis=1))]
+
+
 def in_file_voxels(report: Dict[str, Any], affine: np.ndarray, file_affine: np.ndarray) -> Dict[str, Any]:
     """``report`` computed on a label reoriented from a file (``affine``: the reoriented voxel->world,
-    ``file_affine``: the file's), with its voxel quantities (``centroid_voxel``, ``axial_slice``,
+    ``file_affine``: the file's), with its voxel quantities (``centroid_voxel``, ``click_voxel``, ``axial_slice``,
     ``axial_axis``, ``voxel_spacing_mm``) given in the file's own voxel order, as a viewer shows them.
     World quantities do not change."""
     to_file = np.linalg.inv(_check_affine(file_affine)) @ _check_affine(affine)  # voxel -> file voxel
@@ -239,7 +253,9 @@ def in_file_voxels(report: Dict[str, Any], affine: np.ndarray, file_affine: np.n
     for les in report["lesions"]:
         v = to_file[:3, :3] @ np.asarray(les["centroid_voxel"], dtype=np.float64) + to_file[:3, 3]
         z = int(round(float(to_file[file_ax, ax] * les["axial_slice"] + to_file[file_ax, 3])))
-        out["lesions"].append(dict(les, centroid_voxel=[round(float(c), 2) for c in v], axial_slice=z))
+        click = to_file[:3, :3] @ np.asarray(les["click_voxel"], dtype=np.float64) + to_file[:3, 3]
+        out["lesions"].append(dict(les, centroid_voxel=[round(float(c), 2) for c in v], axial_slice=z,
+                                   click_voxel=[int(round(float(c))) for c in click]))
     return out
 
 

@@ -313,6 +313,15 @@ class LiverSegmentation(BasicInferTask):
             lesion_map = probs[2]  # a view: stage two writes slice i only after reading slice i's input
             if torch.is_tensor(data.get("label")):
                 corrected = (data["label"][0] > 0).to(torch.float16).to(liver_map.device)
+                if tuple(corrected.shape) != (h, w, n):
+                    raise InvalidRequestError(
+                        f"the corrected label has shape {tuple(corrected.shape)}, the image {(h, w, n)}"
+                    )
+                if not bool(corrected.any()):  # e.g. a viewer's empty segment: not a liver to keep
+                    note = "the label sent was empty (no liver voxel): it was not used, the liver is the model's"
+                    logger.warning(f"{self.task_name}: {note}")
+                    data.setdefault("notes", []).append(note)
+                    corrected = None
             fg, bg = self._clicks(data, image, (h, w, n))
             mode = parse_choice("background_click", data.get("background_click"), BACKGROUND_CLICK_MODES)
             if fg or bg:
@@ -323,10 +332,6 @@ class LiverSegmentation(BasicInferTask):
             has_liver = (liver_map > 0.5).flatten(0, 1).any(0)
             auto_liver = has_liver.clone()  # stage one's alone: the slices batch-norm adaptation reads
             if corrected is not None:
-                if tuple(corrected.shape) != (h, w, n):
-                    raise InvalidRequestError(
-                        f"the corrected label has shape {tuple(corrected.shape)}, the image {(h, w, n)}"
-                    )
                 # stage two still reads stage one's liver map: fed the binary corrected mask instead,
                 # it finds fewer lesions (docs/RESULTS.md, "Interactive cascade"); the corrected
                 # liver bounds the result below
@@ -440,6 +445,8 @@ class LiverSegmentation(BasicInferTask):
         }
         if "lesion_report" in data:
             result["lesion_report"] = data["lesion_report"]
+        if data.get("notes"):  # what the request asked for and did not get, and why
+            result["notes"] = data["notes"]
         return path, result
 
 
