@@ -43,6 +43,14 @@ def infer(server, model, image, params=None, ext=None):
                          timeout=300)
 
 
+def infer_with_label(server, label_file, params=None, image="lps_odd"):
+    """The cascade with an annotator's label uploaded as MONAI Label clients send it (multipart file)."""
+    with open(label_file, "rb") as f:
+        return requests.post(f"{server.url}/infer/liver_cascade", params={"image": image},
+                             data={"params": json.dumps(params or {})},
+                             files={"label": (label_file.name, f)}, timeout=300)
+
+
 def parts(resp):
     out = {}
     for part in decoder.MultipartDecoder.from_response(resp).parts:
@@ -157,10 +165,7 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     nib.save(nib.Nifti1Image(liver, ref.affine), str(liver_file))
     inside = np.argwhere(liver > 0)
     fg = inside[len(inside) // 3].tolist()
-    with open(liver_file, "rb") as f:
-        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
-                          data={"params": json.dumps({"foreground": [fg]})},
-                          files={"label": ("liver.nii.gz", f)}, timeout=300)
+    r = infer_with_label(server, liver_file, {"foreground": [fg]})
     assert r.status_code == 200, r.text
     _, data = parts(r)
     (tmp_path / "o.nii.gz").write_bytes(data)
@@ -168,10 +173,7 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     assert np.array_equal(out > 0, liver > 0)  # the annotator's liver, as drawn
     assert out[tuple(fg)] == 2  # the foreground click made a lesion there
     # a background click on that lesion removes it, and leaves the rest alone
-    with open(liver_file, "rb") as f:
-        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
-                          data={"params": json.dumps({"foreground": [fg], "background": [fg]})},
-                          files={"label": ("liver.nii.gz", f)}, timeout=300)
+    r = infer_with_label(server, liver_file, {"foreground": [fg], "background": [fg]})
     _, data = parts(r)
     (tmp_path / "o2.nii.gz").write_bytes(data)
     out2 = np.asarray(nib.load(str(tmp_path / "o2.nii.gz")).dataobj)
@@ -184,25 +186,18 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     shifted[:3, 3] += 50
     moved_file = tmp_path / "moved.nii.gz"
     nib.save(nib.Nifti1Image(liver, shifted), str(moved_file))
-    with open(moved_file, "rb") as f:
-        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
-                          data={"params": "{}"}, files={"label": ("moved.nii.gz", f)}, timeout=300)
+    r = infer_with_label(server, moved_file)
     assert r.status_code == 400 and "grid" in r.text, r.text
     from support import layered_seg_nrrd
 
     layered = tmp_path / "layers.seg.nrrd"  # a multi-layer Slicer segmentation: refused, naming the label
     layered.write_bytes(layered_seg_nrrd(ref.label, ref.affine))
-    with open(layered, "rb") as f:
-        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
-                          data={"params": "{}"}, files={"label": ("layers.seg.nrrd", f)}, timeout=300)
+    r = infer_with_label(server, layered)
     assert r.status_code == 400 and "label" in r.text and "layer" in r.text, r.text
     # an empty label (a viewer's empty segment) is not a liver to keep: the model's liver is used, the
     # clicks still count, and the result says so (it returned an empty segmentation and dropped the clicks)
     nib.save(nib.Nifti1Image(np.zeros_like(liver), ref.affine), str(moved_file))
-    with open(moved_file, "rb") as f:
-        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
-                          data={"params": json.dumps({"foreground": [fg]})},
-                          files={"label": ("empty.nii.gz", f)}, timeout=300)
+    r = infer_with_label(server, moved_file, {"foreground": [fg]})
     assert r.status_code == 200, r.text
     params, data = parts(r)
     (tmp_path / "o3.nii.gz").write_bytes(data)
@@ -214,7 +209,5 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     assert "notes" not in params4  # only when something sent was not used
     seg_values = liver * 5  # any segment value counts as liver: an annotator's labelmap is not checked for 0/1/2
     nib.save(nib.Nifti1Image(seg_values.astype(np.uint8), ref.affine), str(moved_file))
-    with open(moved_file, "rb") as f:
-        r = requests.post(f"{server.url}/infer/liver_cascade", params={"image": "lps_odd"},
-                          data={"params": "{}"}, files={"label": ("liver5.nii.gz", f)}, timeout=300)
+    r = infer_with_label(server, moved_file)
     assert r.status_code == 200, r.text
