@@ -26,6 +26,7 @@ from monailabel.tasks.activelearning.first import First
 from monailabel.utils.others.class_utils import get_class_names
 from monailabel.utils.others.generic import strtobool
 
+from lib import lifecycle
 from lib.activelearning.random import RandomStrategy
 from lib.conf import AppConf
 from lib.datastore import SafeLocalDatastore
@@ -42,6 +43,7 @@ DEFAULT_MODELS = "liver_resnet,liver_cascade"  # vgg_fcn (ablation baseline): --
 
 class LiverCascadeApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        lifecycle.follow_server()  # a training or scoring process a server started ends with that server
         self.model_dir = os.path.join(app_dir, "model")
         self.app_conf = AppConf.from_conf(conf, self.model_dir)
         # one inference at a time in this process (HTTP, scoring, active learning): bounded memory
@@ -88,6 +90,11 @@ class LiverCascadeApp(MONAILabelApp):
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )
+
+    def server_mode(self, mode: bool):
+        super().server_mode(mode)
+        if mode:  # MONAI Label calls this in the server process only, before it starts any task
+            lifecycle.bind_children_to_server()
 
     def on_init_complete(self):
         from lib import server_guard

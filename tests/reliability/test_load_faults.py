@@ -180,6 +180,30 @@ def test_concurrent_inference_during_training_then_kill_training(setup, refs):
         srv.stop()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill"])
+def test_a_stopped_server_takes_its_training_with_it(setup, sig):
+    """A training the server started ends with the server. Ctrl+C: the server waited for it to finish
+    before exiting (now it stops it). SIGTERM (uvicorn then ends the process by the signal's default
+    action) and SIGKILL: it could keep running and publishing models, unseen by the next server; here
+    it may also die of writing to the dead server's pipe, so tests/reliability/test_lifecycle.py tests
+    the watch itself on a child that writes nothing."""
+    srv = start(setup, f"stop_{sig.name}")
+    try:
+        r = requests.post(f"{srv.url}/train/liver_resnet", json={"max_epochs": 200}, timeout=60)
+        assert r.status_code == 200, r.text
+        wait_training(srv, running=True)
+        trainers = trainers_of(srv)
+        assert trainers
+        srv.proc.send_signal(sig)
+        srv.proc.wait(30)
+        gone, alive = psutil.wait_procs(trainers, timeout=15)
+        assert not alive, [p.cmdline()[:5] for p in alive]
+        if sig == signal.SIGINT:  # a normal exit: the server stops it itself
+            assert "stopping its train process" in srv.log.read_text()
+    finally:
+        srv.stop()
+
+
 def test_killed_server_keeps_every_saved_label_and_saves_are_atomic(setup, refs):
     _, studies, _ = setup
     srv = start(setup, "kill1")
