@@ -119,6 +119,16 @@ def test_multiscale_request(server):
     assert parts(r)[0]["scales"] == [192, 208, 224]
 
 
+def test_a_misspelt_option_is_refused_not_ignored(server):
+    """It ran with the default as if asked for; keys of other clients still pass."""
+    for typo, meant in (("scale", "scales"), ("foregroud", "foreground"), ("adaptbn", "adapt_bn")):
+        r = infer(server, "liver_cascade", "lps_odd", {typo: "paper" if typo == "scale" else [[1, 1, 1]]})
+        assert r.status_code == 400 and f"did you mean '{meant}'" in r.text, r.text
+    r = infer(server, "liver_resnet", "lps_odd", {"labels": ["liver"], "label_info": [], "result_dtype": "uint8",
+                                                  "sw_batch_size": 2, "my_client_field": 1})
+    assert r.status_code == 200, r.text
+
+
 def test_batchnorm_adaptation_on_request(server):
     r = infer(server, "liver_cascade", "lps_odd", {"adapt_bn": True})
     assert r.status_code == 200, r.text

@@ -61,6 +61,32 @@ def check_result_extension(ext) -> None:
         raise InvalidRequestError(f"result_extension must be .nii.gz, .nii or .nrrd, got {ext!r}")
 
 
+# request keys this task reads besides its config's (the options /info lists)
+REQUEST_KEYS = ("foreground", "background", "label", "crf_keep_lesions", "allow_non_ct", "batch_size",
+                "result_extension")
+# keys MONAI Label, its clients (Slicer, OHIF) and its other tasks put in requests: never taken for a typo
+CLIENT_KEYS = frozenset((
+    "model", "image", "device", "labels", "label_info", "label_tag", "label_names", "result_dtype",
+    "result_compress", "client_id", "session", "session_id", "save_label", "description", "logging", "output",
+    "pipeline", "largest_cc", "restore_label_idx", "roi_size", "sw_batch_size", "sw_overlap", "centroids",
+    "cache_transforms", "cache_transforms_in_memory", "cache_transforms_ttl", "skip_writer", "model_filename",
+    "latencies", "gpus", "points", "annotations"))
+
+
+def check_option_names(request: Dict[str, Any], options) -> None:
+    """A key that is none of ``options`` (nor a MONAI Label key) but nearly one is a typo: ``scale`` or
+    ``foregroud`` ran with the default, as if asked for. Other unknown keys pass (clients add their own)."""
+    import difflib
+
+    for key in request:
+        if key in options or key in CLIENT_KEYS or not isinstance(key, str):
+            continue
+        close = difflib.get_close_matches(key, options, n=1, cutoff=0.8)
+        if close:
+            raise InvalidRequestError(f"unknown option {key!r}: did you mean {close[0]!r}? "
+                                      f"(options: {', '.join(sorted(options))})")
+
+
 def parse_points(key: str, raw) -> List[List[float]]:
     """A request's foreground/background clicks: [i, j, k] voxel indices of the image file (a JSON string
     or a list), finite."""
@@ -236,6 +262,7 @@ class LiverSegmentation(BasicInferTask):
 
     def __call__(self, request, callbacks=None):
         self.check_weights()
+        check_option_names(request, set(self._config) | set(REQUEST_KEYS))
         try:
             parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
         except ValueError as e:
