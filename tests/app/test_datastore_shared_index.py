@@ -123,3 +123,26 @@ def test_a_deleted_label_leaves_the_listing_at_once_and_saves_say_what_changed(s
         assert "final" in ds.get_labels_by_image_id("case0")
     finally:
         ds._observer.stop()
+
+
+def test_opening_the_datastore_removes_only_the_temporaries_of_writers_that_are_gone(studies):
+    """The scoring and training processes open the datastore while the server writes: opening it removed
+    the server's label write in flight (a 500, the label lost). Only a dead writer's temporary goes."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    folder = studies / "labels" / "final"
+    folder.mkdir(parents=True, exist_ok=True)
+    live = folder / f".img.nii.gz.{os.getpid()}.abc123.partial"  # this process is writing it
+    crashed = folder / f".img.nii.gz.{dead.pid}.def456.partial"
+    old_unnamed, new_unnamed = folder / ".a.nii.gz.xyz.partial", folder / ".b.nii.gz.uvw.partial"  # no pid
+    for p in (live, crashed, old_unnamed, new_unnamed):
+        p.write_bytes(b"half a label")
+    os.utime(old_unnamed, (time.time() - 3600, time.time() - 3600))
+    _datastore(studies)
+    assert live.exists() and new_unnamed.exists()
+    assert not crashed.exists() and not old_unnamed.exists()

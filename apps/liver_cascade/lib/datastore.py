@@ -29,6 +29,7 @@ import threading
 import time
 from typing import Any, Dict, NamedTuple, Optional
 
+import psutil
 from fastapi import HTTPException
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore, LocalDatastoreModel
@@ -54,9 +55,26 @@ def _inside(path: str, root: str) -> bool:
     return os.path.commonpath([path, root]) == root
 
 
+PARTIAL = ".partial"
+PARTIAL_STALE_S = 600  # a temporary file without its writer's pid (older versions) is stale after this
+
+
+def _written_now(path: str) -> bool:
+    """Is the temporary file ``path`` (``.<name>.<pid>.<random>.partial``) still being written: its writer
+    alive (or, without a pid in the name, the file recent)?"""
+    parts = os.path.basename(path)[: -len(PARTIAL)].split(".")
+    if len(parts) >= 3 and parts[-2].isdigit():
+        return psutil.pid_exists(int(parts[-2]))
+    try:
+        return time.time() - os.path.getmtime(path) < PARTIAL_STALE_S
+    except OSError:
+        return False
+
+
 def atomic_write(dest: str, write) -> None:
     """``write(f)`` into a hidden temporary file beside ``dest``, then rename: readers never see a partial file."""
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(dest) + ".", suffix=".partial",
+    # the writer's pid in the name: a datastore opened meanwhile (another process's) leaves a live writer's file
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.{os.getpid()}.", suffix=PARTIAL,
                                dir=os.path.dirname(dest))
     try:
         with os.fdopen(fd, "wb") as out:
@@ -119,12 +137,18 @@ class SafeLocalDatastore(LocalDatastore):
 
     @staticmethod
     def _remove_partial_files(datastore_path: str):
-        """Temporary files of writes that a crash interrupted (never listed; the old file is intact)."""
+        """Temporary files of writes that a crash interrupted (never listed; the old file is intact). Not
+        those of a writer still running: the scoring and training processes open the datastore while the
+        server writes (they removed a label the server was saving, which then failed)."""
         for folder, _, files in os.walk(datastore_path):
             for f in files:
-                if f.startswith(".") and f.endswith(".partial"):
-                    os.remove(os.path.join(folder, f))
-                    logger.warning(f"removed {os.path.join(folder, f)}: an interrupted write")
+                path = os.path.join(folder, f)
+                if f.startswith(".") and f.endswith(PARTIAL) and not _written_now(path):
+                    try:
+                        os.remove(path)
+                    except FileNotFoundError:  # its writer finished, or another process removed it
+                        continue
+                    logger.warning(f"removed {path}: an interrupted write")
 
     @staticmethod
     def _set_aside_corrupt_config(datastore_path: str, name: str):

@@ -6,6 +6,7 @@ is the paper's per-slice hole fill (and the optional 3D CRF); the label is
 written in the input file's exact geometry.
 """
 
+import difflib
 import json
 import logging
 import os
@@ -76,8 +77,6 @@ CLIENT_KEYS = frozenset((
 def check_option_names(request: Dict[str, Any], options) -> None:
     """A key that is none of ``options`` (nor a MONAI Label key) but nearly one is a typo: ``scale`` or
     ``foregroud`` ran with the default, as if asked for. Other unknown keys pass (clients add their own)."""
-    import difflib
-
     for key in request:
         if key in options or key in CLIENT_KEYS or not isinstance(key, str):
             continue
