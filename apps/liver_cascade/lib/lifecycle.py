@@ -37,25 +37,24 @@ def bind_children_to_server() -> None:
 
 
 def stop_background_processes() -> int:
-    """Stop (kill, with their own children) the server's task processes still running; returns how many."""
-    from monailabel.utils.async_tasks.utils import background_processes, background_tasks
+    """Stop the server's task processes still running, as ``DELETE /train/`` does (MONAI Label's
+    ``stop_background_task``: the process and its children killed, the task marked STOPPED); returns how many."""
+    from monailabel.utils.async_tasks.utils import background_processes, stop_background_task
 
     stopped = 0
     for method, processes in list(background_processes.items()):
-        for task_id, proc in list(processes.items()):
-            if proc.poll() is not None:
+        while processes:  # stop_background_task stops the first one and drops it from ``processes``
+            task_id, proc = next(iter(processes.items()))
+            if proc.poll() is not None:  # ended: its thread drops it
+                processes.pop(task_id, None)
                 continue
             logger.warning(f"server stopping: stopping its {method} process {proc.pid}")
             try:
-                for child in psutil.Process(proc.pid).children(recursive=True):
-                    child.kill()
-            except psutil.Error:
+                stop_background_task(method)
+            except (psutil.Error, IndexError):  # it ended meanwhile
                 pass
-            proc.kill()
+            processes.pop(task_id, None)  # done by stop_background_task, unless it returned early
             stopped += 1
-            for task in background_tasks.get(method, []):
-                if task.get("id") == task_id:
-                    task["status"] = "STOPPED"
     return stopped
 
 
