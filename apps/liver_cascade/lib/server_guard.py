@@ -242,5 +242,5 @@ def warn_if_exposed(argv) -> bool:
         return False
     logger.warning(f"!!! listening on {host} with authentication OFF: anyone on the network can read images and "
                    "overwrite labels. Use --host 127.0.0.1 (as `make serve` does) or MONAI_LABEL_AUTH_ENABLE=true "
-                   "(README, 'Guarantees and limits').")
+                   "(docs/USAGE.md, 'Guarantees and limits').")
     return True
