@@ -236,6 +236,31 @@ def test_stage_one_maps_of_earlier_versions_are_deleted(tmp_path):
     assert np.load(out[0]["maps"]).shape[0] == 2  # (lesion, liver)
 
 
+def test_an_image_replaced_under_the_same_id_gets_new_stage_one_maps(tmp_path):
+    """The maps are cached per volume file, not per path alone: an image deleted and added again under
+    its id with other voxels got the old image's maps (the cascade trained on them, or failed on a
+    shape mismatch until stage one was published again)."""
+    import numpy as np
+
+    from lib.conf import AppConf
+    from lib.trainers.liver import cache_stage1_maps
+
+    cases = []
+    for d in _datalists(tmp_path):  # copies: one is overwritten below
+        cases.append({"image": shutil.copy(d["image"], tmp_path / f"{len(cases)}.nii.gz"), "label": d["label"]})
+    model_dir, _ = _shipped_stage_one(tmp_path)
+    maps_dir = tmp_path / "maps"
+    conf = AppConf.from_conf({}, str(model_dir))
+    first = cache_stage1_maps(cases[:1], str(model_dir / "liver_resnet_lite.pt"), str(maps_dir), conf)[0]["maps"]
+    again = cache_stage1_maps(cases[:1], str(model_dir / "liver_resnet_lite.pt"), str(maps_dir), conf)[0]["maps"]
+    assert again == first  # unchanged: cached
+    shutil.copyfile(cases[1]["image"], cases[0]["image"])  # another volume under the first one's name
+    new = cache_stage1_maps(cases[:1], str(model_dir / "liver_resnet_lite.pt"), str(maps_dir), conf)[0]["maps"]
+    assert new != first
+    other = cache_stage1_maps(cases[1:2], str(model_dir / "liver_resnet_lite.pt"), str(maps_dir), conf)[0]["maps"]
+    assert np.array_equal(np.load(new), np.load(other))
+
+
 def test_a_kept_model_keeps_its_stats_and_curve(tmp_path):
     """The stats JSON and learning curve beside the model describe the model in place: a round that kept
     it (publish: better) leaves its own in *_last_run.*, and puts the model's back."""

@@ -726,7 +726,8 @@ class CascadeSliceTrainer(LiverSliceTrainer):
 
 
 def cache_stage1_maps(datalist, stage1_file: str, maps_dir: str, app_conf: AppConf):
-    """Compute stage one's (lesion, liver) maps once per model version and volume; the maps of earlier
+    """Compute stage one's (lesion, liver) maps once per model version and volume file (its path, size and
+    modification time: a volume replaced under the same id is mapped again); the maps of earlier
     versions are deleted (about 50 MB per volume and version: they piled up round after round)."""
     os.makedirs(maps_dir, exist_ok=True)
     net, info = ModelCache().get(stage1_file, "cuda" if torch.cuda.is_available() else "cpu")
@@ -739,7 +740,10 @@ def cache_stage1_maps(datalist, stage1_file: str, maps_dir: str, app_conf: AppCo
               Orientationd(keys="image", axcodes="RAS"), hu_window("image")]
     out = []
     for d in datalist:
-        name = hashlib.md5(os.path.abspath(d["image"]).encode()).hexdigest()[:12]
+        # the image's path and file stamp: an image replaced under the same id gets new maps
+        st = os.stat(d["image"])
+        stamp = f"{os.path.abspath(d['image'])}|{st.st_size}|{st.st_mtime_ns}"
+        name = hashlib.md5(stamp.encode()).hexdigest()[:12]
         path = os.path.join(maps_dir, f"{name}_{tag}.npy")
         if not os.path.exists(path):
             x = {"image": d["image"]}
