@@ -284,9 +284,8 @@ class SafeLocalDatastore(LocalDatastore):
         """MONAI Label's add_image, refusing unsafe ids, unreadable volumes and overwrites."""
         file_id, image_ext = self._to_id(os.path.basename(image_filename))
         image_id = check_name(image_id or file_id, "image id")
+        image_ext = self._known_extension(image_ext, "image not added")
         name = self._filename(image_id, image_ext)
-        if not any(fnmatch.fnmatch(name, p) for p in self._extensions):
-            raise HTTPException(status_code=400, detail=f"image not added: {image_ext!r} is not one of {self._extensions}")
         try:
             check_volume_file(image_filename, self._max_voxels)
         except InputError as e:
@@ -303,19 +302,29 @@ class SafeLocalDatastore(LocalDatastore):
             self._update_datastore_file()
         return image_id
 
+    def _known_extension(self, ext: str, refused: str) -> str:
+        """``ext`` in lower case, if the datastore lists files with it (``.NII.GZ`` -> ``.nii.gz``); 400
+        otherwise: a file stored under another extension was served until the index was rebuilt from
+        the folders, and then no longer counted."""
+        lower = (ext or "").lower()
+        if lower and any(fnmatch.fnmatch("x" + lower, p) for p in self._extensions):
+            return lower
+        raise HTTPException(status_code=400, detail=f"{refused}: {ext or 'no extension'!r} is not one of {self._extensions}")
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         check_name(image_id, "image id")
         check_name(label_tag, "label tag")
         obj = self._datastore.objects.get(image_id)
         if not obj:
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore; label not saved")
+        _, label_ext = self._to_id(os.path.basename(label_filename))
+        label_ext = self._known_extension(label_ext, "label not saved")
         image_path = self.get_image_uri(image_id)
         try:
             check_label_matches(label_filename, image_path, not_empty=label_tag == DefaultLabelTag.FINAL)
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"label not saved: {e}") from e
 
-        _, label_ext = self._to_id(os.path.basename(label_filename))
         label_path = self._datastore.label_path(label_tag)
         name = self._filename(image_id, label_ext)
         self.last_saved = None

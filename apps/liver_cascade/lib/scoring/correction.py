@@ -27,6 +27,14 @@ def class_dice(pred: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
+def spatial(label) -> np.ndarray:
+    """A label's voxels without trailing axes of length 1 (an (X, Y, Z, 1) label passes the save check)."""
+    a = np.asarray(label)
+    while a.ndim > 3 and a.shape[-1] == 1:
+        a = a[..., 0]
+    return a
+
+
 class CorrectionDice(ScoringMethod):
     def __init__(self):
         super().__init__("Per-class Dice between the model's original prediction and the final label")
@@ -39,8 +47,8 @@ class CorrectionDice(ScoringMethod):
             orig_id = datastore.get_label_by_image_id(image_id, DefaultLabelTag.ORIGINAL)
             if not final_id or not orig_id:
                 continue
-            ref = np.asarray(loader(datastore.get_label_uri(final_id, DefaultLabelTag.FINAL)))
-            pred = np.asarray(loader(datastore.get_label_uri(orig_id, DefaultLabelTag.ORIGINAL)))
+            ref = spatial(loader(datastore.get_label_uri(final_id, DefaultLabelTag.FINAL)))
+            pred = spatial(loader(datastore.get_label_uri(orig_id, DefaultLabelTag.ORIGINAL)))
             if ref.shape != pred.shape:
                 logger.warning(f"{image_id}: original {pred.shape} and final {ref.shape} differ in shape; skipped")
                 continue
