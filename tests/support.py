@@ -117,3 +117,22 @@ def layered_seg_nrrd(label, affine) -> bytes:
         sitk.WriteImage(img, f"{tmp}/layers.seg.nrrd")
         with open(f"{tmp}/layers.seg.nrrd", "rb") as f:
             return f.read()
+
+
+def small_phantom_studies(folder: Path, seed: int, n: int = 2) -> Path:
+    """``n`` tiny phantoms ``case<i>.nii.gz`` with their labels ``label<i>.nii.gz`` (outside labels/)."""
+    import nibabel as nib
+    import phantom
+
+    for i in range(n):
+        p = phantom.generate_phantom(seed + i, shape_xy=(48, 48), spacing=(7.0, 7.0, 8.0), n_slices=5)
+        p.save_nifti(str(folder / f"case{i}.nii.gz"), None)
+        nib.save(nib.Nifti1Image(p.label, p.affine), str(folder / f"label{i}.nii.gz"))
+    return folder
+
+
+def file_datastore(folder, extensions=("*.nii.gz",)):
+    """The app's datastore on ``folder``, without the file watcher."""
+    from lib.datastore import SafeLocalDatastore
+
+    return SafeLocalDatastore(str(folder), max_voxels=10**8, extensions=tuple(extensions), auto_reload=False)

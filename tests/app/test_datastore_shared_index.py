@@ -4,25 +4,17 @@ stand for the server and a scoring process)."""
 
 import json
 
-import nibabel as nib
 import pytest
+from support import file_datastore, small_phantom_studies
 
 
 @pytest.fixture()
 def studies(tmp_path):
-    import phantom
-
-    for i in range(2):
-        p = phantom.generate_phantom(30 + i, shape_xy=(48, 48), spacing=(7.0, 7.0, 8.0), n_slices=5)
-        p.save_nifti(str(tmp_path / f"case{i}.nii.gz"), None)
-        nib.save(nib.Nifti1Image(p.label, p.affine), str(tmp_path / f"label{i}.nii.gz"))
-    return tmp_path
+    return small_phantom_studies(tmp_path, seed=30)
 
 
 def _datastore(path):
-    from lib.datastore import SafeLocalDatastore
-
-    return SafeLocalDatastore(str(path), max_voxels=10**8, extensions=("*.nii.gz",), auto_reload=False)
+    return file_datastore(path)
 
 
 def test_scores_written_by_another_process_are_seen_and_kept(studies):

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from fastapi import HTTPException
+from support import file_datastore, small_phantom_studies
 
 from lib.validation import InputError, check_label_array, check_label_matches
 
@@ -42,20 +43,11 @@ def test_values_that_are_almost_label_values_are_shown_as_they_are():
 
 @pytest.fixture()
 def studies(tmp_path):
-    import phantom
-
-    for i in range(2):
-        p = phantom.generate_phantom(40 + i, shape_xy=(48, 48), spacing=(7.0, 7.0, 8.0), n_slices=5)
-        p.save_nifti(str(tmp_path / f"case{i}.nii.gz"), None)
-        nib.save(nib.Nifti1Image(p.label, p.affine), str(tmp_path / f"label{i}.nii.gz"))
-    return tmp_path
+    return small_phantom_studies(tmp_path, seed=40)
 
 
 def _datastore(path):
-    from lib.datastore import SafeLocalDatastore
-
-    return SafeLocalDatastore(str(path), max_voxels=10**8, extensions=("*.nii.gz", "*.nii", "*.nrrd"),
-                              auto_reload=False)
+    return file_datastore(path, ("*.nii.gz", "*.nii", "*.nrrd"))
 
 
 def test_a_label_extension_in_capitals_is_stored_as_the_datastore_lists_it(studies, tmp_path_factory):
