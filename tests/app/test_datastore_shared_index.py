@@ -138,3 +138,24 @@ def test_opening_the_datastore_removes_only_the_temporaries_of_writers_that_are_
     _datastore(studies)
     assert live.exists() and new_unnamed.exists()
     assert not crashed.exists() and not old_unnamed.exists()
+
+
+def test_an_image_deleted_with_its_labels_can_be_added_again_at_once(studies):
+    """With the file watcher on, deleting an image removed its labels first, and the refresh that follows a
+    label's removal found the image file still there and wrote it to the index: once the server read
+    the index again (e.g. after a scoring process wrote it), adding it back got 409, until the watcher
+    caught up."""
+    from lib.datastore import SafeLocalDatastore
+
+    ds = SafeLocalDatastore(str(studies), max_voxels=10**8, extensions=("*.nii.gz",), auto_reload=True)
+    try:
+        ds.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+        ds.remove_image("case0")
+        assert "case0" not in ds.list_images()
+        # the index on disk, which other processes (and this one, once they write) read, agrees
+        assert "case0" not in json.loads((studies / "datastore_v2.json").read_text())["objects"]
+        assert "case0" not in _datastore(studies).list_images()
+        assert ds.add_image("case0", str(studies / "case1.nii.gz"), {}) == "case0"
+    finally:
+        if getattr(ds, "_observer", None):
+            ds._observer.stop()

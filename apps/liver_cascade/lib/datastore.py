@@ -353,7 +353,11 @@ class SafeLocalDatastore(LocalDatastore):
         check_name(image_id, "image id")
         if image_id not in self._datastore.objects:
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
-        return super().remove_image(image_id)
+        super().remove_image(image_id)
+        if self._auto_reload:
+            # MONAI Label then waits for the file event; and removing its labels first (remove_label's
+            # refresh) put the image, still on disk then, back in the index: adding it again got 409
+            self.refresh()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
         if not self.get_label_uri(label_id, label_tag):
