@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 import nibabel as nib
+import pytest
 
-from support import APP, ROOT
+from support import APP, ROOT, small_phantom_studies
 
 LITS = ROOT / "sample-data" / "generated" / "lits"
 
@@ -285,3 +286,30 @@ def test_a_kept_model_keeps_its_stats_and_curve(tmp_path):
           "--train_batch_size", "2", "--dataset", "Dataset", "--publish", "best"])  # publishes: its files now
     assert json.loads(stats_file.read_text())["history"][0]["published"]
     assert not (model_dir / "liver_resnet_lite_stats_last_run.json").exists()
+
+
+def test_numbers_no_run_can_take_are_refused_at_once():
+    from lib.trainers.liver import check_recipe
+
+    for bad, words in (({"lr": 1e308}, "lr must be > 0, <= 3.40282e+38"),  # overflowed in the training process
+                       ({"samples_per_volume": 1_000_000}, "<= 1000"),  # filled the memory
+                       ({"train_batch_size": 5000}, "<= 1000"), ({"val_split": 1}, "< 1")):
+        with pytest.raises(ValueError, match=words.replace("+", r"\+")):
+            check_recipe(bad)
+    check_recipe({"lr": 50, "samples_per_volume": 1000, "val_split": 0.9})  # large, but a run can take them
+
+
+def test_a_validation_split_that_leaves_no_training_volume_keeps_one(tmp_path):
+    """val_split 0.9 of 2 labelled volumes took both for validation: the run failed in torch's sampler."""
+    from lib.trainers.cli import main
+
+    (tmp_path / "studies" / "labels" / "final").mkdir(parents=True)
+    studies = small_phantom_studies(tmp_path / "studies", seed=60)
+    for i in range(2):
+        shutil.move(studies / f"label{i}.nii.gz", studies / "labels" / "final" / f"case{i}.nii.gz")
+    model_dir = tmp_path / "model"
+    main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--datastore", str(studies),
+          "--max_epochs", "1", "--samples_per_volume", "2", "--train_batch_size", "2", "--val_split", "0.9",
+          "--pretrained", "false"])
+    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert [h["epoch"] for h in stats["history"]] == [1]

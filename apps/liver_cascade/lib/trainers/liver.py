@@ -101,6 +101,9 @@ _POSITIVE = {"max_epochs", "train_batch_size", "val_batch_size", "lr", "samples_
              "lesion_weight"}
 _FRACTIONS = {"first_phase", "momentum", "flip_prob", "deform_prob", "corrected_liver_prob", "click_prob",
               "swa_from", "val_split"}
+# slices held in memory at once: a million slices per volume filled the memory before the first step
+_MAXIMA = {"samples_per_volume": 1000, "train_batch_size": 1000}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # the networks' precision: lr 1e308 overflowed in the optimiser
 
 
 def check_recipe(params: Dict[str, Any]) -> None:
@@ -121,11 +124,11 @@ def check_recipe(params: Dict[str, Any]) -> None:
             if isinstance(default, int) and number != int(number):
                 raise ValueError(f"training parameter {key} must be a whole number, got {value!r}")
             low_ok = number > 0 if key in _POSITIVE else number >= 0
-            too_high = key in _FRACTIONS and (number >= 1 if key == "val_split" else number > 1)
+            top = 1.0 if key in _FRACTIONS else _MAXIMA.get(key, _FLOAT32_MAX)
+            too_high = number >= top if key == "val_split" else number > top
             if not low_ok or too_high:
                 bound = "> 0" if key in _POSITIVE else ">= 0"
-                if key in _FRACTIONS:
-                    bound += ", < 1" if key == "val_split" else ", <= 1"
+                bound += f", < {top:g}" if key == "val_split" else f", <= {top:g}"
                 raise ValueError(f"training parameter {key} must be {bound}, got {value!r}")
         elif key == "publish":
             parse_choice(key, value, PUBLISH_MODES)
@@ -376,6 +379,10 @@ class LiverSliceTrainer(BasicTrainTask):
             n_val = int(round(val_split * len(datalist))) if val_split > 0 else 0
             if val_split > 0 and len(datalist) >= 2:
                 n_val = max(1, n_val)
+            if n_val >= len(datalist) > 0:  # val_split 0.9 of 3 images left none to train on: keep one
+                n_val = len(datalist) - 1
+                logger.warning(f"{self.task}: val_split {val_split} of {len(datalist)} labelled volume(s) leaves none "
+                               f"to train on; {n_val} validate")
             # deterministic split by image name, so rounds are comparable
             datalist.sort(key=lambda d: hashlib.md5(os.path.basename(d["image"]).encode()).hexdigest())
             val, train = datalist[:n_val], datalist[n_val:]
