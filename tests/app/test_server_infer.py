@@ -182,6 +182,12 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     out = np.asarray(nib.load(str(tmp_path / "o.nii.gz")).dataobj)
     assert np.array_equal(out > 0, liver > 0)  # the annotator's liver, as drawn
     assert out[tuple(fg)] == 2  # the foreground click made a lesion there
+    # a click outside the liver sent is not drawn (the liver is kept as sent), and the result says so
+    away = np.argwhere(liver == 0)[0].tolist()
+    params_away, data = parts(infer_with_label(server, liver_file, {"foreground": [fg, away]}))
+    (tmp_path / "o1.nii.gz").write_bytes(data)
+    assert np.asarray(nib.load(str(tmp_path / "o1.nii.gz")).dataobj)[tuple(away)] == 0
+    assert any("1 foreground click(s) outside the liver" in n for n in params_away.get("notes", [])), params_away
     # a background click on that lesion removes it, and leaves the rest alone
     r = infer_with_label(server, liver_file, {"foreground": [fg], "background": [fg]})
     _, data = parts(r)

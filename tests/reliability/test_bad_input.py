@@ -123,6 +123,8 @@ def test_mr_like_volume_is_segmented_when_the_caller_says_so(server, phantom_ct)
     ("liver_resnet", "ok", '{"result_extension": ".exe"}', 400, "result_extension"),
     ("liver_resnet", "ok", '{"image": "/etc/hostname"}', 400, "invalid image id"),
     ("liver_cascade", "ok", '{"label": "/etc/hostname"}', 400, "uploaded"),
+    ("liver_resnet", "ok", '{"device": "bogus"}', 400, "device"),  # was a 500 from torch
+    ("liver_resnet", "ok", '{"preset": "paper"}', 400, "--conf preset"),  # was ignored: lite ran
 ])
 def test_bad_request_is_refused(server, model, image, params, status, words):
     r = requests.post(f"{server.url}/infer/{model}", params={"image": image}, data={"params": params}, timeout=300)

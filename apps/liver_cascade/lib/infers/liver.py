@@ -27,6 +27,7 @@ from monai.transforms import (
 )
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.utils.others.generic import name_to_device
 
 from lib.conf import CRF_MODES, AppConf, as_bool, check_switch, parse_choice, parse_crf, parse_scales
 from lib.evaluation.lesion_report import in_file_voxels, lesion_report
@@ -262,6 +263,14 @@ class LiverSegmentation(BasicInferTask):
     def __call__(self, request, callbacks=None):
         self.check_weights()
         check_option_names(request, set(self._config) | set(REQUEST_KEYS))
+        if str(request.get("preset", self.conf.preset)) != self.conf.preset:  # listed in the options, not one
+            raise InvalidRequestError(f"preset is the server's setting (--conf preset): this server runs "
+                                      f"{self.conf.preset!r}, not {request['preset']!r}")
+        if request.get("device"):  # as MONAI Label reads it (a name it maps, or a torch device); a typo was a 500
+            try:
+                torch.device(name_to_device(request["device"]))
+            except (RuntimeError, TypeError, ValueError, AttributeError):
+                raise InvalidRequestError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {request['device']!r}") from None
         try:
             parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
         except ValueError as e:
@@ -510,6 +519,11 @@ class EnforceClicksd:
                                    float(d.get("min_lesion_ml", self.min_lesion_ml)))
         if liver is not None:  # the annotator's liver is kept exactly as drawn
             liver = liver.numpy()
+            outside = [p for p in (clicks or {}).get("foreground", []) if not liver[tuple(p)]]
+            if outside:
+                d["notes"] = list(d.get("notes") or []) + [
+                    f"{len(outside)} foreground click(s) outside the liver label you sent: not drawn (lesions stay "
+                    "inside the liver you sent; add the region to your liver to mark a lesion there)"]
             fixed = np.where(liver, np.maximum(fixed, LABELS["liver"]), 0).astype(np.uint8)
         d["pred"] = MetaTensor(torch.from_numpy(fixed)[None], meta=pred.meta)
         return d
