@@ -309,7 +309,8 @@ class SafeLocalDatastore(LocalDatastore):
         lower = (ext or "").lower()
         if lower and any(fnmatch.fnmatch("x" + lower, p) for p in self._extensions):
             return lower
-        raise HTTPException(status_code=400, detail=f"{refused}: {ext or 'no extension'!r} is not one of {self._extensions}")
+        raise HTTPException(status_code=400,
+                            detail=f"{refused}: {ext or 'no extension'!r} is not one of {self._extensions}")
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any]) -> str:
         check_name(image_id, "image id")

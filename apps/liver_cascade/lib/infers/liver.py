@@ -270,7 +270,8 @@ class LiverSegmentation(BasicInferTask):
             try:
                 torch.device(name_to_device(request["device"]))
             except (RuntimeError, TypeError, ValueError, AttributeError):
-                raise InvalidRequestError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {request['device']!r}") from None
+                raise InvalidRequestError(
+                    f"device must be 'cpu', 'cuda' or 'cuda:N', got {request['device']!r}") from None
         try:
             parse_scales(request.get("scales", self._config["scales"]), self.conf.preset)
         except ValueError as e:
