@@ -6,7 +6,7 @@ and after 1, 3 and 5 simulated lesion clicks; and the latency of a corrected-liv
         [--request '{"adapt_bn": false}']
 
 Clicks are simulated like an annotator would place them: each click goes to the
-centre (the voxel deepest inside) of the largest remaining error component:
+centre (the voxel deepest inside, in mm, as the lesion report's click_voxel) of the largest remaining error component:
 a missed reference lesion (foreground click) or a false lesion (background click).
 Clicks accumulate; each count re-runs the cascade with all clicks so far and the
 corrected liver.
@@ -24,6 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "liver_cascade"))
+from lib.evaluation.lesion_report import interior_voxel  # noqa: E402
 from lib.evaluation.metrics import dice  # noqa: E402
 from lib.evaluation.predict import load_label, make_task, predict_file  # noqa: E402
 from lib.settings import LABELS  # noqa: E402
@@ -32,8 +33,10 @@ from lib.transforms.interaction import BACKGROUND_CLICK_MODES  # noqa: E402
 LES = LABELS["lesion"]
 
 
-def next_click(pred, ref):
-    """(kind, voxel) for the largest error component, or None when there is no error."""
+def next_click(pred, ref, spacing=(1.0, 1.0, 1.0)):
+    """(kind, voxel) for the largest error component, or None when there is no error. The voxel is the
+    component's deepest in mm (``spacing``): on 5 mm slices, the centre of the middle slice, where an
+    annotator would click, not a voxel near the edge that counts as deep in voxel units."""
     best = None
     for kind, err in (("foreground", (ref == LES) & (pred != LES)), ("background", (pred == LES) & (ref != LES))):
         comps, n = ndimage.label(err, structure=np.ones((3, 3, 3)))
@@ -42,8 +45,9 @@ def next_click(pred, ref):
         sizes = np.bincount(comps.ravel())[1:]
         c = int(np.argmax(sizes)) + 1
         if best is None or sizes[c - 1] > best[0]:
-            inner = ndimage.distance_transform_edt(comps == c)
-            best = (sizes[c - 1], kind, tuple(int(v) for v in np.unravel_index(np.argmax(inner), inner.shape)))
+            mask = comps == c
+            voxel = interior_voxel(mask, spacing, np.argwhere(mask).mean(0))
+            best = (sizes[c - 1], kind, tuple(int(v) for v in voxel))
     return None if best is None else best[1:]
 
 
@@ -66,6 +70,7 @@ def main(argv=None):
     for img_path, lab_path in zip(args.image, args.label):
         ref = load_label(lab_path)
         lab_img = nib.load(lab_path)
+        spacing = np.linalg.norm(lab_img.affine[:3, :3], axis=0)
         liver_file = tmp / "liver.nii.gz"
         nib.save(nib.Nifti1Image((ref > 0).astype(np.uint8), lab_img.affine), str(liver_file))
         row = {"case": Path(img_path).name.split(".")[0]}
@@ -81,7 +86,7 @@ def main(argv=None):
         row["lesion_dice_corrected_liver"] = dice(pred == LES, ref == LES)
         clicks = {"foreground": [], "background": []}
         for n in range(1, max(counts) + 1):
-            c = next_click(pred, ref)
+            c = next_click(pred, ref, spacing)
             if c is not None:
                 clicks[c[0]].append(list(c[1]))
                 mode = {"background_click": args.background_click} if args.background_click else {}

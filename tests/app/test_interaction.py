@@ -6,7 +6,7 @@ import torch
 
 from lib.settings import LABELS
 from lib.transforms.inference import within_liver
-from lib.transforms.interaction import enforce_clicks
+from lib.transforms.interaction import CLICK_RADIUS_MM, enforce_clicks
 
 LIVER, LESION = LABELS["liver"], LABELS["lesion"]
 SPACING = (1.0, 1.0, 2.0)
@@ -68,6 +68,65 @@ def test_foreground_click_adds_a_lesion_where_there_was_none():
     out = enforce_clicks(label, prob, [(16, 16, 4)], [], SPACING, np.full(shape, 100, np.float32))
     assert out[16, 16, 4] == LESION
     assert (out == LESION).sum() == ball(shape, (16, 16, 4), 4).sum()  # the connected region of probability
+
+
+def missed_tumour(tumour_hu, radius_mm=9.0, vessel=False):
+    """A liver (100 HU, noise 10) with a tumour the network did not see; optionally a vessel of the
+    tumour's density leaving it along x (a bridge a density rule could leak through)."""
+    shape = (64, 64, 16)
+    rng = np.random.default_rng(1)
+    hu = 100 + rng.normal(0, 10, shape)
+    tumour = ball(shape, (32, 32, 8), radius_mm)
+    hu[tumour] = tumour_hu + rng.normal(0, 10, tumour.sum())
+    if vessel:
+        hu[32:, 30:34, 6:11] = tumour_hu
+    label = np.full(shape, LIVER, np.uint8)
+    return label, hu.astype(np.float32), tumour
+
+
+def click(label, hu, point=(32, 32, 8)):
+    return enforce_clicks(label, np.zeros(label.shape, np.float32), [point], [], SPACING, hu) == LESION
+
+
+@pytest.mark.parametrize("tumour_hu", [60, 150])  # hypodense, hyperdense
+def test_foreground_click_the_network_ignores_marks_the_clicked_tumour(tumour_hu):
+    label, hu, tumour = missed_tumour(tumour_hu)
+    got = click(label, hu)
+    # a disk of CLICK_RADIUS_MM on the clicked slice, as before, gives 0.05
+    assert 2 * (got & tumour).sum() / (got.sum() + tumour.sum()) > 0.85
+
+
+def test_foreground_region_is_cut_where_it_leaks_along_a_vessel(monkeypatch):
+    label, hu, tumour = missed_tumour(60, radius_mm=3.0, vessel=True)
+    got = click(label, hu)
+    assert got[tumour].mean() > 0.8
+    # the vessel is followed at most 6x the click's depth in the tumour (3 mm) from the click
+    reach = np.nonzero(got.any((1, 2)))[0].max() - 32
+    assert 3 <= reach <= 19
+    monkeypatch.setattr("lib.transforms.interaction.FOREGROUND_LEAK_FACTOR", 1000.0)
+    assert np.nonzero(click(label, hu).any((1, 2)))[0].max() - 32 > 22  # without the cut: to 25 mm
+
+
+def test_foreground_click_on_liver_like_tissue_falls_back_to_a_disk():
+    label, hu, _ = missed_tumour(100)  # no contrast: nothing to grow from
+    got = click(label, hu)
+    assert abs(got[..., 8].sum() - np.pi * CLICK_RADIUS_MM**2) < 8  # 1 mm pixels
+    assert not got[..., :8].any() and not got[..., 9:].any()
+
+
+def test_a_background_click_trims_a_lesion_grown_from_a_foreground_click_instead_of_erasing_it():
+    # the tumour's density runs on into a 6 mm wide band of the same tissue: the grown lesion overshoots
+    label, hu, tumour = missed_tumour(60, vessel=False)
+    hu[41:64, 29:36, 5:12] = 60
+    fg, bg = (32, 32, 8), (51, 32, 8)  # the annotator clicks the tumour, then the overshoot
+    grown = click(label, hu)
+    assert grown[bg]
+    out = enforce_clicks(label, np.zeros(label.shape, np.float32), [fg], [bg], SPACING, hu)
+    got = out == LESION
+    # the tumour stays as the foreground click grew it (the whole region is one density)
+    assert got[fg] and (got & tumour).sum() == (grown & tumour).sum() and grown[tumour].mean() > 0.9
+    assert not got[bg] and not got[42:].any()  # what is nearer the background click goes
+    assert (out[grown & ~got] == LIVER).all()
 
 
 def test_within_liver_keeps_the_networks_lesion_decision_inside_the_mask_only():

@@ -9,8 +9,11 @@ clicks, so stage two learns to trust them; after stage two they are also
 enforced on the label: a background click removes the clicked tissue within the
 lesion it hits (or, on request, that whole lesion), a foreground click that
 stage two still leaves empty adds the connected region of lesion probability
-around it (or a small disk if there is none). Background clicks are applied
-last, so they win where both hit the same place.
+around it, or where there is none the tissue it is on, grown by density
+(:func:`foreground_region`; a small disk if that fails). Background clicks are
+applied last, so they win where both hit the same place, except in a lesion that
+holds a foreground click: there a background click removes only what is nearer
+to it than to the foreground clicks.
 """
 
 from typing import List, Sequence
@@ -28,6 +31,11 @@ CLICK_RADIUS_MM = 4.0
 BACKGROUND_CLICK_MODES = ("tissue", "island")
 BACKGROUND_HU_TOLERANCE = 20.0  # HU, after smoothing
 BACKGROUND_SMOOTH_MM = 1.0
+# foreground clicks the network does not follow (foreground_region): the clicked tissue, grown by density
+FOREGROUND_SMOOTH_MM = 1.5
+FOREGROUND_MAX_RADIUS_MM = 25.0  # the region stays within this distance of the click
+FOREGROUND_MIN_CONTRAST_HU = 10.0  # clicked tissue vs the liver around it; less: a disk instead
+FOREGROUND_LEAK_FACTOR = 6.0  # a region reaching further than this x its depth at the click is cut there
 
 
 def to_oriented_index(points: Sequence[Sequence[float]], original_affine, current_affine, shape) -> List[tuple]:
@@ -73,7 +81,10 @@ def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing, 
 
     A background click removes, with ``background="tissue"`` and the image's HU, the clicked tissue
     within the lesion it hits (:func:`background_region`; pieces it leaves under ``min_piece_ml`` go
-    too); with ``"island"`` or without the image, that whole 26-connected lesion."""
+    too); with ``"island"`` or without the image, that whole 26-connected lesion. A foreground click
+    off every lesion adds the connected region of lesion probability > 0.2 around it, else (with the
+    image's HU) the clicked tissue grown by density (:func:`foreground_region`), else a disk of
+    CLICK_RADIUS_MM on its slice."""
     if background not in BACKGROUND_CLICK_MODES:
         raise ValueError(f"background_click must be one of {BACKGROUND_CLICK_MODES}, got {background!r}")
     out = label.copy()
@@ -87,17 +98,75 @@ def enforce_clicks(label: np.ndarray, lesion_prob: np.ndarray, fg, bg, spacing, 
         if lesion_prob[p] > 0.2:
             comps, _ = ndimage.label(lesion_prob > 0.2, structure=s26)
             region = comps == comps[p]
-        if region.sum() < 2:
+        if region.sum() < 2 and hu is not None:
+            region = foreground_region(out == liver, p, spacing, hu)
+        if region is None or region.sum() < 2:
             region = np.zeros(out.shape, bool)
             region[..., p[2]] = disk(out.shape[:2], p[:2], r)
         out[region] = lesion
     for p in bg:
         if out[p] == lesion:
             comps, _ = ndimage.label(out == lesion, structure=s26)
-            island = comps == comps[p]
+            whole = comps == comps[p]
+            island = whole
             if background == "tissue" and hu is not None:
-                island = background_region(island, p, spacing, hu, min_piece_ml)
+                island = background_region(whole, p, spacing, hu, min_piece_ml)
+            island = nearer_than_foreground(island, p, [f for f in fg if whole[f]], spacing)
             out[island] = liver
+    return out
+
+
+def nearer_than_foreground(region: np.ndarray, p, fg, spacing) -> np.ndarray:
+    """The voxels of ``region`` that a background click at ``p`` may remove when foreground clicks
+    ``fg`` lie in the same lesion: those at least as near (in mm) to ``p`` as to every one of them. A background
+    click on where a lesion grown from a foreground click overshoots trims the overshoot, and does not
+    take the clicked lesion with it (the clicked tissue is all of one density)."""
+    if not fg:
+        return region
+    idx = np.argwhere(region)
+    sp = np.asarray(spacing[:3], dtype=float)
+    to_bg = np.linalg.norm((idx - np.asarray(p)) * sp, axis=1)
+    to_fg = np.min([np.linalg.norm((idx - np.asarray(f)) * sp, axis=1) for f in fg], axis=0)
+    out = np.zeros_like(region)
+    keep = idx[to_bg <= to_fg]  # a tie goes to the background click: on the same voxel it removes the lesion
+    out[tuple(keep.T)] = True
+    return out
+
+
+def foreground_region(liver: np.ndarray, p, spacing, hu: np.ndarray):
+    """The lesion a foreground click at ``p`` marks when the network sees none there: the voxels
+    connected to ``p`` (6-connectivity, within FOREGROUND_MAX_RADIUS_MM) whose HU, smoothed over
+    FOREGROUND_SMOOTH_MM, is nearer the clicked tissue's than the surrounding ``liver``'s (the median
+    of the liver more than 6 mm from the click). A region reaching further from the click than
+    FOREGROUND_LEAK_FACTOR x its in-plane depth there has leaked through a thin bridge and is cut at
+    that distance. None when the clicked tissue is within FOREGROUND_MIN_CONTRAST_HU of the liver, or
+    there is too little liver around it to compare."""
+    spacing = np.asarray(spacing[:3], dtype=float)
+    reach = np.maximum(1, np.ceil(FOREGROUND_MAX_RADIUS_MM / spacing)).astype(int)
+    box = tuple(slice(max(0, int(p[a]) - reach[a]), min(hu.shape[a], int(p[a]) + reach[a] + 1)) for a in range(3))
+    q = tuple(int(p[a]) - box[a].start for a in range(3))
+    axes = np.ogrid[tuple(slice(0, b.stop - b.start) for b in box)]
+    dist2 = sum(((ax - q[a]) * spacing[a]) ** 2 for a, ax in enumerate(axes))
+    ball = dist2 <= FOREGROUND_MAX_RADIUS_MM**2
+    smooth = ndimage.gaussian_filter(np.asarray(hu[box], dtype=np.float32), FOREGROUND_SMOOTH_MM / spacing)
+    tissue = float(np.median(smooth[dist2 <= 2.0**2]))  # the clicked tissue, robust to one noisy voxel
+    around = liver[box] & ball & (dist2 > 6.0**2)
+    if around.sum() < 50:
+        return None
+    contrast = abs(float(np.median(smooth[around])) - tissue)
+    if contrast < FOREGROUND_MIN_CONTRAST_HU:
+        return None
+    comps, _ = ndimage.label(ball & (np.abs(smooth - tissue) < contrast / 2))
+    if not comps[q]:
+        return None
+    region = comps == comps[q]
+    depth = ndimage.distance_transform_edt(np.pad(region[..., q[2]], 1), sampling=spacing[:2])[q[0] + 1, q[1] + 1]
+    limit = max(FOREGROUND_LEAK_FACTOR * depth, CLICK_RADIUS_MM)
+    if dist2[region].max() > limit**2:
+        comps, _ = ndimage.label(region & (dist2 <= limit**2))
+        region = comps == comps[q]
+    out = np.zeros(hu.shape, dtype=bool)
+    out[box] = region
     return out
 
 
