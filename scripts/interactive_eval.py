@@ -24,7 +24,7 @@ import numpy as np
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "liver_cascade"))
-from lib.evaluation.lesion_report import interior_voxel  # noqa: E402
+from lib.evaluation.lesion_report import interior_voxel, voxel_spacing  # noqa: E402
 from lib.evaluation.metrics import dice  # noqa: E402
 from lib.evaluation.predict import load_label, make_task, predict_file  # noqa: E402
 from lib.settings import LABELS  # noqa: E402
@@ -70,7 +70,7 @@ def main(argv=None):
     for img_path, lab_path in zip(args.image, args.label):
         ref = load_label(lab_path)
         lab_img = nib.load(lab_path)
-        spacing = np.linalg.norm(lab_img.affine[:3, :3], axis=0)
+        spacing = voxel_spacing(lab_img.affine)
         liver_file = tmp / "liver.nii.gz"
         nib.save(nib.Nifti1Image((ref > 0).astype(np.uint8), lab_img.affine), str(liver_file))
         row = {"case": Path(img_path).name.split(".")[0]}

@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 from nibabel.openers import ImageOpener
 
+from lib.evaluation.lesion_report import voxel_spacing
 from lib.settings import LABELS
 
 CHUNK = 1 << 22
@@ -185,7 +186,7 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, val
         raise InputError(f"the label's shape {list(lab.shape)} does not match its image's {list(img.shape)}")
     scale = max(1.0, float(np.abs(ia[:3, :3]).max()))
     # the origin within half a voxel (at most 1 mm): a label one voxel off passed a fixed 1 mm on sub-mm voxels
-    origin_tol = min(1.0, 0.5 * float(np.linalg.norm(ia[:3, :3], axis=0).min()))
+    origin_tol = min(1.0, 0.5 * float(voxel_spacing(ia).min()))
     if not np.allclose(la[:3, :3], ia[:3, :3], atol=tol * scale) or not np.allclose(la[:3, 3], ia[:3, 3], atol=origin_tol):
         raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
     _check_complete(label_path, lab)
