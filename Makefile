@@ -18,7 +18,14 @@ CONF ?=
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# torch's CUDA build alone is 5.5 GB: say so before pip fails half-way with "No space left on device"
+NEED_GB ?= 10
 $(INSTALLED): requirements.txt | $(PY)
+	@have=$$(df -Pk $(VENV) | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  got=$$(du -sk $(VENV) | awk '{print int($$1 / 1048576)}'); \
+	  if [ $$((have + got)) -lt $(NEED_GB) ]; then \
+	    echo "make: installing needs about $(NEED_GB) GB for $(VENV)/; $$have GB free on its disk. Free some space, or set NEED_GB=0 to try anyway." >&2; \
+	    exit 1; fi
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	touch $@
 

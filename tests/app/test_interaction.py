@@ -6,7 +6,7 @@ import torch
 
 from lib.settings import LABELS
 from lib.transforms.inference import within_liver
-from lib.transforms.interaction import CLICK_RADIUS_MM, enforce_clicks
+from lib.transforms.interaction import CLICK_RADIUS_MM, enforce_clicks, on_gas
 
 LIVER, LESION = LABELS["liver"], LABELS["lesion"]
 SPACING = (1.0, 1.0, 2.0)
@@ -147,3 +147,13 @@ def test_island_mode_removes_the_whole_lesion_and_bad_modes_are_refused():
     assert not (out == LESION).any()
     with pytest.raises(ValueError, match="background_click"):
         enforce_clicks(label, np.zeros(label.shape, np.float32), [], [(33, 24, 8)], SPACING, hu, "everything")
+
+
+def test_a_click_on_gas_is_told_from_one_on_fat_or_tissue():
+    """Air, lung and bowel gas are never a liver lesion; fat (-100 HU) and one noisy voxel do not count as gas."""
+    hu = np.full((8, 8, 3), 60.0, np.float32)
+    hu[:4] = -1000  # air on one side
+    hu[6, 6, 1] = -1000  # one voxel of noise in tissue
+    hu[:, 7, 2] = -100  # fat
+    assert on_gas(hu, (1, 1, 0)) and on_gas(hu, (0, 0, 2))  # an edge voxel has a smaller neighbourhood
+    assert not on_gas(hu, (6, 6, 1)) and not on_gas(hu, (5, 7, 2)) and not on_gas(hu, (6, 3, 0))

@@ -136,6 +136,19 @@ def test_batchnorm_adaptation_on_request(server):
     assert parts(infer(server, "liver_cascade", "lps_odd"))[0]["timings"]["adapt_bn"] == 0  # opt-in
 
 
+def test_a_lesion_click_on_air_is_not_drawn_and_the_result_says_so(server, tmp_path):
+    """A mis-click outside the body drew a 4 mm lesion in the air (and widened stage two's box to it)."""
+    air = [2, 2, 6]  # a corner of the field of view, outside the phantom's body (about -1000 HU)
+    params, data = parts(infer(server, "liver_cascade", "lps_odd", {"foreground": [air]}))
+    (tmp_path / "clicked.nii.gz").write_bytes(data)
+    _, plain = parts(infer(server, "liver_cascade", "lps_odd"))
+    (tmp_path / "plain.nii.gz").write_bytes(plain)
+    clicked = np.asarray(nib.load(str(tmp_path / "clicked.nii.gz")).dataobj)
+    assert clicked[tuple(air)] != 2
+    assert np.array_equal(clicked, np.asarray(nib.load(str(tmp_path / "plain.nii.gz")).dataobj))
+    assert any("1 foreground click(s) on air or gas" in n for n in params.get("notes", [])), params
+
+
 def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     assert infer(server, "liver_cascade", "no_such_image").status_code == 404
     assert infer(server, "no_such_model", "lps_odd").status_code == 404
@@ -183,7 +196,10 @@ def test_interactive_corrected_liver_and_clicks(server, studies, tmp_path):
     assert np.array_equal(out > 0, liver > 0)  # the annotator's liver, as drawn
     assert out[tuple(fg)] == 2  # the foreground click made a lesion there
     # a click outside the liver sent is not drawn (the liver is kept as sent), and the result says so
-    away = np.argwhere(liver == 0)[0].tolist()
+    from scipy import ndimage
+
+    body = ndimage.binary_erosion(ref.image > -200, iterations=2)  # tissue: a click on air is a mis-click
+    away = np.argwhere(body & (liver == 0))[0].tolist()
     params_away, data = parts(infer_with_label(server, liver_file, {"foreground": [fg, away]}))
     (tmp_path / "o1.nii.gz").write_bytes(data)
     assert np.asarray(nib.load(str(tmp_path / "o1.nii.gz")).dataobj)[tuple(away)] == 0

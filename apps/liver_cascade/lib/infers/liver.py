@@ -35,7 +35,14 @@ from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import ADAPT_BN_MAX_SLICES, ADAPT_BN_MIN_SLICES, CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
 from lib.validation import InputError, read_geometry
 from lib.transforms.inference import adapt_batchnorm, predict_slices, within_liver
-from lib.transforms.interaction import BACKGROUND_CLICK_MODES, encode_clicks, enforce_clicks, to_oriented_index
+from lib.transforms.interaction import (
+    BACKGROUND_CLICK_MODES,
+    FOREGROUND_MIN_HU,
+    encode_clicks,
+    enforce_clicks,
+    on_gas,
+    to_oriented_index,
+)
 from lib.transforms.transforms import (
     DenseCRFd,
     DropSmallLesionsd,
@@ -359,6 +366,14 @@ class LiverSegmentation(BasicInferTask):
                     data.setdefault("notes", []).append(note)
                     corrected = None
             fg, bg = self._clicks(data, image, (h, w, n))
+            hu = data.get("image_hu")
+            gas = [p for p in fg if hu is not None and on_gas(hu.numpy(), p)]
+            if gas:  # a mis-click: it would draw a lesion in the air and widen stage two's box to it
+                fg = [p for p in fg if p not in gas]
+                note = (f"{len(gas)} foreground click(s) on air or gas (below {FOREGROUND_MIN_HU:.0f} HU): not drawn "
+                        "(a liver lesion is tissue)")
+                logger.warning(f"{self.task_name}: {note}")
+                data.setdefault("notes", []).append(note)
             mode = parse_choice("background_click", data.get("background_click"), BACKGROUND_CLICK_MODES)
             if fg or bg:
                 spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)

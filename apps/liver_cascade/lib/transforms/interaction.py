@@ -36,6 +36,7 @@ FOREGROUND_SMOOTH_MM = 1.5
 FOREGROUND_MAX_RADIUS_MM = 25.0  # the region stays within this distance of the click
 FOREGROUND_MIN_CONTRAST_HU = 10.0  # clicked tissue vs the liver around it; less: a disk instead
 FOREGROUND_LEAK_FACTOR = 6.0  # a region reaching further than this x its depth at the click is cut there
+FOREGROUND_MIN_HU = -400.0  # a lesion click on gas (air, lung, bowel) is not drawn: a liver lesion is tissue
 
 
 def to_oriented_index(points: Sequence[Sequence[float]], original_affine, current_affine, shape) -> List[tuple]:
@@ -57,6 +58,13 @@ def to_oriented_index(points: Sequence[Sequence[float]], original_affine, curren
 def disk(shape2d, centre, radius_px):
     yy, xx = np.ogrid[: shape2d[0], : shape2d[1]]
     return ((yy - centre[0]) / radius_px[0]) ** 2 + ((xx - centre[1]) / radius_px[1]) ** 2 <= 1
+
+
+def on_gas(hu: np.ndarray, p) -> bool:
+    """Whether a click at ``p`` lies on air, lung or bowel gas: the median HU of its 3x3 in-plane
+    neighbourhood is below FOREGROUND_MIN_HU (fat is about -100 HU)."""
+    x, y, z = (int(v) for v in p[:3])
+    return float(np.median(hu[max(0, x - 1):x + 2, max(0, y - 1):y + 2, z])) < FOREGROUND_MIN_HU
 
 
 def encode_clicks(lesion_map: torch.Tensor, fg, bg, spacing) -> torch.Tensor:
