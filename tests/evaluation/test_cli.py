@@ -1,5 +1,6 @@
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -60,3 +61,46 @@ def test_ablation_and_evaluate_commands(tmp_path):
     assert summary["n_cases"] == 2 and "liver_dice_global" in summary
     assert (res / "per_case.csv").read_text().count("\n") == 3
     assert (res / "lesion_report.md").exists() and (res / "summary.md").read_text().startswith("###")
+
+
+def test_predict_command_segments_a_folder_for_the_evaluation(tmp_path, capsys):
+    """No command turned a folder of CT into the folder of labels that the evaluation reads (only the Python
+    functions); an unreadable file is named and the other volumes still run."""
+    import phantom
+
+    from lib.evaluation import predict
+
+    data, images = tmp_path / "lits", tmp_path / "images"
+    images.mkdir()
+    p = phantom.generate_phantom(7, shape_xy=(64, 64), spacing=(5.0, 5.0, 6.0), n_slices=7)
+    p.save_nifti(str(images / "volume-0.nii.gz"), str(tmp_path / "segmentation-0.nii.gz"))
+    data.mkdir()
+    (tmp_path / "segmentation-0.nii.gz").rename(data / "segmentation-0.nii.gz")
+    (images / "volume-1.nii").write_bytes(b"not a volume")
+    out = tmp_path / "pred"
+    assert predict.main(["--images", str(images), "--out", str(out), "--params", '{"crf": "off"}']) == 1
+    assert "volume-1.nii: error: could not read the image" in capsys.readouterr().err
+    label = np.asarray(nib.load(str(out / "volume-0.nii.gz")).dataobj)
+    assert label.shape == p.label.shape and set(np.unique(label)) <= {0, 1, 2} and (label > 0).any()
+    assert not (out / "volume-1.nii.gz").exists()
+    assert evaluate.main(["--pred", str(out), "--ref", str(data), "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "summary.json").read_text())["n_cases"] == 1
+    for bad in (["--params", "[1]"], ["--preset", "bogus"], ["--model", "unet"]):
+        with pytest.raises(SystemExit):
+            predict.main(["--images", str(images), "--out", str(out)] + bad)
+    assert predict.main(["--images", str(images), "--out", str(out), "--model", "vgg_fcn"]) == 2  # no weights ship
+    assert "vgg_fcn_lite.pt is missing" in capsys.readouterr().err
+
+
+def test_ablation_refuses_a_negative_case_count_and_unpaired_images(tmp_path, capsys):
+    """--cases -1 ran all cases but the last; an --image without its --label, or an unknown preset, gave
+    "no labelled case found" or a KeyError."""
+    import phantom
+
+    p = phantom.generate_phantom(8, shape_xy=(32, 32), spacing=(8.0, 8.0, 8.0), n_slices=3)
+    p.save_nifti(str(tmp_path / "volume-0.nii.gz"), str(tmp_path / "segmentation-0.nii.gz"))
+    for bad, message in ((["--cases", "-1"], "--cases must be >= 0"), (["--image", "a.nii.gz"], "one --label per --image"),
+                         (["--preset", "bogus"], "invalid choice: 'bogus'")):
+        with pytest.raises(SystemExit) as e:
+            ablation.main(["--model-dir", str(tmp_path), "--out", str(tmp_path / "o"), "--data", str(tmp_path)] + bad)
+        assert e.value.code == 2 and message in capsys.readouterr().err, bad

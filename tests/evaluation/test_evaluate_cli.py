@@ -134,6 +134,25 @@ def test_errors(tmp_path):
     assert any("affine" in w for w in s["warnings"])
 
 
+def test_a_corrupt_file_a_foreign_name_and_a_negative_minimum_are_reported(tmp_path, capsys):
+    """A corrupt reference gave nibabel's traceback; a LiTS prediction under another name (seg-1) was
+    skipped without a word; --min-lesion-ml -5 was taken."""
+    ref, pred = tmp_path / "ref", tmp_path / "pred"
+    save(label_volume(), ref / "segmentation-1.nii.gz")
+    save(label_volume(), ref / "segmentation-2.nii.gz")
+    save(label_volume(), pred / "segmentation-1.nii.gz")
+    save(label_volume(), pred / "seg-2.nii.gz")
+    s = evaluate.evaluate_folders(pred, ref, tmp_path / "out")
+    assert any("seg-2.nii.gz: not a LiTS prediction name" in w for w in s["warnings"]), s["warnings"]
+    (ref / "segmentation-1.nii.gz").write_bytes(b"not a gzip file")
+    assert evaluate.main(["--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "segmentation-1.nii.gz: cannot be read as NIfTI" in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit):
+        evaluate.main(["--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "o"), "--min-lesion-ml", "-5"])
+    assert "must be a number >= 0" in capsys.readouterr().err
+
+
 def test_runs_as_script_and_as_module(lits, tmp_path):
     ref, preds = lits
     script = [sys.executable, str(APP / "lib" / "evaluation" / "evaluate.py")]

@@ -136,8 +136,20 @@ def test_trainer_cli_reads_options_as_the_server_does(tmp_path, monkeypatch):
 
     seen = {}
 
-    def fake_trainer(name, model_dir, app_conf, conf):
-        return lambda request, store: seen.update(request=request, model_dir=model_dir) or {}
+    from lib.trainers import make_trainer
+
+    class FakeTrainer:  # the real task's options, no training
+        def __init__(self, name, model_dir, app_conf, conf):
+            self.real, self.model_dir = make_trainer(name, model_dir, app_conf, conf), model_dir
+
+        def config(self):
+            return self.real.config()
+
+        def __call__(self, request, store):
+            seen.update(request=request, model_dir=self.model_dir)
+            return {}
+
+    fake_trainer = FakeTrainer
 
     monkeypatch.setattr(cli, "make_trainer", fake_trainer)
     cases = _datalists(tmp_path)
@@ -150,6 +162,64 @@ def test_trainer_cli_reads_options_as_the_server_does(tmp_path, monkeypatch):
     for bad in (["--max_epochs", "0"], ["--lr", "-1"], ["--dice_batch", "maybe"]):
         with pytest.raises(SystemExit):
             cli.main(["--train_ds", str(tmp_path / "train.json"), "--model_dir", str(tmp_path / "m")] + bad)
+
+
+def test_trainer_cli_refuses_typos_and_mistakes_before_training(tmp_path, capsys):
+    """A misspelt option (--max_epoch) trained 100 epochs with the defaults, as the server refuses it;
+    a wrong model, preset, folder or datalist gave a traceback, or created the mistyped folder."""
+    import lib.trainers.cli as cli
+
+    _datalists(tmp_path)
+    train = ["--train_ds", str(tmp_path / "train.json"), "--model_dir", str(tmp_path / "m")]
+    (tmp_path / "gone.json").write_text(json.dumps([{"image": str(tmp_path / "no.nii.gz"), "label": "x.nii.gz"}]))
+    cases = [
+        (train + ["--max_epoch", "1"], "unknown training option(s) ['--max_epoch']"),
+        (train + ["--frobnicate"], "--frobnicate"),
+        (train + ["--models", "liver_resnet,foo"], "--models: unknown ['foo']"),
+        (train + ["--preset", "bogus"], "invalid choice: 'bogus'"),
+        (["--model_dir", str(tmp_path / "m")], "give --datastore"),
+        (["--datastore", str(tmp_path / "no_such_store"), "--model_dir", str(tmp_path / "m")], "is not a folder"),
+        (["--train_ds", str(tmp_path / "gone.json"), "--model_dir", str(tmp_path / "m")], "2 file(s) that do not exist"),
+        (["--train_ds", str(tmp_path / "missing.json"), "--model_dir", str(tmp_path / "m")], "cannot read the datalist"),
+        (train + ["--pretrained_path", str(tmp_path / "none.pt")], "is not a file"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err, argv
+    assert not (tmp_path / "no_such_store").exists() and not (tmp_path / "m").exists()
+
+
+def test_pretrained_path_wins_over_the_model_in_place_and_must_fit(tmp_path):
+    """Given to the CLI, pretrained_path was dropped without a word when the model folder already held a
+    model (the run continued from that one); weights of another network loaded 0 tensors and the run
+    trained from random weights, logged at INFO only."""
+    import torch
+    from monailabel.tasks.train.basic_train import Context
+
+    from lib.conf import AppConf
+    from lib.model_io import ModelNotReadyError, load_checkpoint, save_checkpoint
+    from lib.networks import build_network
+    from lib.trainers import make_trainer
+
+    model_dir, _ = _shipped_stage_one(tmp_path)
+    fresh = build_network("resnet", "lite", 1)
+    save_checkpoint(str(tmp_path / "init.pt"), fresh, "resnet", "lite", 1)
+    save_checkpoint(str(tmp_path / "vgg.pt"), build_network("vgg", "lite", 1), "vgg", "lite", 1)
+    trainer = make_trainer("liver_resnet", str(model_dir), AppConf.from_conf({}, str(model_dir)), {})
+
+    def network(request):
+        context = Context()
+        context.request = request
+        return trainer.network(context)
+
+    key = next(iter(fresh.state_dict()))
+    shipped, _ = load_checkpoint(str(model_dir / "liver_resnet_lite.pt"))
+    assert torch.equal(network({}).state_dict()[key], shipped.state_dict()[key])  # no pretrained_path: the model in place, continued
+    assert torch.equal(network({"pretrained_path": str(tmp_path / "init.pt")}).state_dict()[key],
+                       fresh.state_dict()[key])
+    with pytest.raises(ModelNotReadyError, match="does not fit liver_resnet"):
+        network({"pretrained_path": str(tmp_path / "vgg.pt")})
 
 
 def test_a_weight_average_that_does_worse_keeps_the_model_in_place(tmp_path):

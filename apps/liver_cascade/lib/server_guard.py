@@ -18,7 +18,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 
 from lib.datastore import check_name
-from lib.trainers.liver import check_recipe
+from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,6 @@ def parse_params(params) -> dict:
     return value
 
 
-# keys a training request may carry besides its task's config (what /info lists): MONAI Label's own and
-# its client's (client_id, added by monailabel.client, which Slicer uses)
-_REQUEST_KEYS = {"model", "client_id", "gpus", "tracking", "tracking_uri", "tracking_experiment_name",
-                 "tracking_run_name"}
-
-
-def _known_keys(trainer) -> set:
-    return set(trainer.config()) | _REQUEST_KEYS
-
-
 def check_train_params(model: str, params: dict, trainers) -> None:
     if model and model not in trainers:
         raise HTTPException(status_code=404, detail=f"Unknown training task {model!r}; available: {sorted(trainers)}")
@@ -58,12 +48,12 @@ def check_train_params(model: str, params: dict, trainers) -> None:
     if not isinstance(params, dict):
         raise HTTPException(status_code=400, detail="params must be a JSON object")
     if model:
-        blocks = [(params, _known_keys(trainers[model]))]
+        blocks = [(params, known_train_keys(trainers[model]))]
     else:  # POST /train/: keys for every task, and a block per task under its name
         nested = {m for m in trainers if isinstance(params.get(m), dict)}
         blocks = [({k: v for k, v in params.items() if k not in nested},
-                   set().union(*(_known_keys(t) for t in trainers.values())))]
-        blocks += [(params[m], _known_keys(trainers[m])) for m in sorted(nested)]
+                   set().union(*(known_train_keys(t) for t in trainers.values())))]
+        blocks += [(params[m], known_train_keys(trainers[m])) for m in sorted(nested)]
     for p, known in blocks:
         for key in p:
             if key in _PATH_PARAMS or key.endswith(("_path", "_dir", "_file")):
@@ -72,7 +62,7 @@ def check_train_params(model: str, params: dict, trainers) -> None:
         unknown = sorted(str(k) for k in p if k not in known)
         if unknown:  # a typo ("max_epoch") would otherwise train with the default (100 epochs)
             raise HTTPException(status_code=400, detail=f"unknown training parameter(s) {unknown}; "
-                                                        f"the recipe's keys: {sorted(known - _REQUEST_KEYS)}")
+                                                        f"the recipe's keys: {sorted(known - TRAIN_REQUEST_KEYS)}")
         if "name" in p:
             check_name(str(p["name"]), "training run name")
         try:

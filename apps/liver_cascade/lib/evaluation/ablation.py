@@ -69,14 +69,18 @@ def main(argv=None):
     ap.add_argument("--data")
     ap.add_argument("--image", action="append", default=[])
     ap.add_argument("--label", action="append", default=[])
-    ap.add_argument("--cases", type=int, default=0, help="use only the first N cases")
+    ap.add_argument("--cases", type=int, default=0, help="use only the first N cases (0: all)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--preset", default="lite")
+    ap.add_argument("--preset", default="lite", choices=sorted(PRESETS))
     ap.add_argument("--title", default="")
     ap.add_argument("--no-crf", action="store_true", help="leave out the rows with a CRF")
     ap.add_argument("--method", action="append", default=[],
                     help="only this row (repeat for more), e.g. --method ResNet --method 'Cascaded ResNet'")
     args = ap.parse_args(argv)
+    if args.cases < 0:
+        ap.error(f"--cases must be >= 0 (0: all), got {args.cases}")
+    if len(args.image) != len(args.label):
+        ap.error(f"give one --label per --image ({len(args.image)} images, {len(args.label)} labels)")
     pairs = find_pairs(Path(args.data)) if args.data else list(zip(map(Path, args.image), map(Path, args.label)))
     if args.cases:
         pairs = pairs[: args.cases]

@@ -139,6 +139,9 @@ def find_predictions(pred_dir, layout: str, warnings: Optional[List[str]] = None
         for p in _nifti_files(Path(pred_dir)):
             m = _LITS_PRED.fullmatch(nifti_stem(p))
             if not m:
+                if warnings is not None:  # seg-1.nii.gz was skipped without a word
+                    warnings.append(f"{p.name}: not a LiTS prediction name ((test-)segmentation-N or "
+                                    "(test-)volume-N), not evaluated")
                 continue
             key = str(int(m.group(3)))
             rank = _LITS_PRED_PREFERENCE.index((m.group(1) or "") + m.group(2))
@@ -196,8 +199,11 @@ def find_images(images_dir, layout: str) -> Dict[str, Path]:
 
 def load_label_volume(path) -> Tuple[np.ndarray, nib.spatialimages.SpatialImage]:
     """A NIfTI label as a 3D uint8 array (values rounded), with its image (header/affine)."""
-    img = nib.load(str(path))
-    data = np.asanyarray(img.dataobj)
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as e:  # not NIfTI, truncated, a bad gzip: the file's fault, said in one line
+        raise ValueError(f"{path}: cannot be read as NIfTI: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -428,6 +434,13 @@ def evaluate_folders(
     return summary
 
 
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pred", required=True, help="folder of predicted label volumes")
@@ -436,7 +449,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--layout", choices=LAYOUTS, default="auto", help="file naming (default: auto)")
     ap.add_argument("--report", action="store_true", help="also write lesion reports of the predictions")
     ap.add_argument("--images", help="folder of the CT images, for mean HU in the lesion reports")
-    ap.add_argument("--min-lesion-ml", type=float, default=0.0, help="lesion report: drop smaller lesions (mL)")
+    ap.add_argument("--min-lesion-ml", type=_non_negative, default=0.0,
+                    help="lesion report: drop smaller lesions (mL)")
     ap.add_argument("--title", default="", help="heading of the Markdown summary")
     ap.add_argument("--require-all", action="store_true", help="fail when a reference has no prediction")
     ap.add_argument("--no-distances", action="store_true", help="skip ASSD/MSD (faster)")

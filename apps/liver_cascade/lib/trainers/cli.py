@@ -22,8 +22,10 @@ if not __package__:
     sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
 from lib.conf import AppConf  # noqa: E402
-from lib.trainers import make_trainer  # noqa: E402
-from lib.trainers.liver import check_recipe  # noqa: E402
+from lib.model_io import ModelNotReadyError  # noqa: E402
+from lib.settings import PRESETS  # noqa: E402
+from lib.trainers import TRAINERS, make_trainer  # noqa: E402
+from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys  # noqa: E402
 
 
 class _ListDatastore:
@@ -53,14 +55,30 @@ def _underscored(arg: str) -> str:
     return "--" + key.replace("-", "_") + eq + value
 
 
+def _datalist(path: str, ap) -> list:
+    """A JSON datalist, with every file it names on disk (a relative path is read from the current folder)."""
+    try:
+        with open(path) as f:
+            items = json.load(f)
+    except (OSError, ValueError) as e:
+        ap.error(f"cannot read the datalist {path}: {e}")
+    if not isinstance(items, list) or not all(isinstance(d, dict) and "image" in d and "label" in d for d in items):
+        ap.error(f"{path} must be a JSON list of {{\"image\": ..., \"label\": ...}}")
+    missing = [f for d in items for f in (d["image"], d["label"]) if not os.path.isfile(str(f))]
+    if missing:
+        ap.error(f"{path} names {len(missing)} file(s) that do not exist, e.g. {missing[:3]}")
+    return items
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datastore", help="MONAI Label datastore folder (images + labels/final)")
     ap.add_argument("--train_ds", help="JSON datalist for training")
     ap.add_argument("--val_ds", help="JSON datalist for validation")
-    ap.add_argument("--models", default="liver_resnet,liver_cascade")
+    ap.add_argument("--models", default="liver_resnet,liver_cascade",
+                    help=f"comma-separated, in training order, of: {', '.join(TRAINERS)}")
     ap.add_argument("--model_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "model"))
-    ap.add_argument("--preset", default=None)
+    ap.add_argument("--preset", default=None, choices=sorted(PRESETS))
     # --model-dir is --model_dir (the request's keys, like the recipe's, use underscores)
     argv = [_underscored(a) for a in (sys.argv[1:] if argv is None else argv)]
     args, rest = ap.parse_known_args(argv)
@@ -77,29 +95,49 @@ def main(argv=None):
             request[key], i = _value(rest[i + 1]), i + 2
         else:  # a switch given alone
             request[key], i = True, i + 1
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown_models = [m for m in names if m not in TRAINERS]
+    if unknown_models or not names:
+        ap.error(f"--models: unknown {unknown_models or args.models!r}; choose from {', '.join(TRAINERS)}")
+    if not args.train_ds and not args.datastore:
+        ap.error("give --datastore (a MONAI Label datastore folder) or --train_ds (a JSON datalist)")
+    if args.datastore and not args.train_ds and not os.path.isdir(args.datastore):
+        ap.error(f"--datastore {args.datastore} is not a folder")
+    conf = {"preset": args.preset} if args.preset else {}
+    model_dir = os.path.abspath(args.model_dir)
+    app_conf = AppConf.from_conf(conf, model_dir)
+    trainers = {name: make_trainer(name, model_dir, app_conf, conf) for name in names}
+    # as the server checks a POST /train/: a typo ("max_epoch") would train with the default, 100 epochs
+    known = set().union(*(known_train_keys(t) for t in trainers.values())) | {"pretrained_path"}
+    unknown = sorted(k for k in request if k not in known)
+    if unknown:
+        ap.error(f"unknown training option(s) {['--' + k for k in unknown]}; the recipe's: "
+                 f"{', '.join('--' + k for k in sorted(known - TRAIN_REQUEST_KEYS))}")
     try:
         check_recipe(request)
     except ValueError as e:
         ap.error(str(e))
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger(__name__).info(f"training {args.models} into {os.path.abspath(args.model_dir)}")
-    conf = {"preset": args.preset} if args.preset else {}
-    app_conf = AppConf.from_conf(conf, args.model_dir)
+    if request.get("pretrained_path") and not os.path.isfile(str(request["pretrained_path"])):
+        ap.error(f"--pretrained_path {request['pretrained_path']} is not a file")
     if args.train_ds:
-        with open(args.train_ds) as f:
-            datalist = json.load(f)
-        store = _ListDatastore(datalist)
+        store = _ListDatastore(_datalist(args.train_ds, ap))
         request["train_ds"] = args.train_ds
         if args.val_ds:
+            _datalist(args.val_ds, ap)
             request["val_ds"] = args.val_ds
     else:
         from monailabel.datastore.local import LocalDatastore
 
         store = LocalDatastore(args.datastore, extensions=["*.nii.gz", "*.nii", "*.nrrd"])
-    model_dir = os.path.abspath(args.model_dir)
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s")
+    logging.getLogger(__name__).info(f"training {names} into {model_dir}")
+    for name, trainer in trainers.items():
         t0 = time.time()
-        stats = make_trainer(name, model_dir, app_conf, conf)(dict(request), store)
+        try:
+            stats = trainer(dict(request), store)
+        except (ValueError, ModelNotReadyError) as e:  # no labelled image, weights that do not fit, ...
+            print(f"error: {name}: {e}", file=sys.stderr)
+            return 1
         print(json.dumps({"model": name, "seconds": round(time.time() - t0, 1),
                           "best_metric": stats.get("best_metric")}), flush=True)
     return 0

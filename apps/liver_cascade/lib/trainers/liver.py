@@ -106,6 +106,18 @@ _MAXIMA = {"samples_per_volume": 1000, "train_batch_size": 1000}
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # the networks' precision: lr 1e308 overflowed in the optimiser
 
 
+# keys a training request may carry besides its task's config (what /info lists): MONAI Label's own and
+# its client's (client_id, added by monailabel.client, which Slicer uses)
+TRAIN_REQUEST_KEYS = frozenset({"model", "client_id", "gpus", "tracking", "tracking_uri", "tracking_experiment_name",
+                                "tracking_run_name"})
+
+
+def known_train_keys(trainer) -> set:
+    """The keys a training request for ``trainer`` may carry: any other is a typo ("max_epoch" trained with
+    the default 100 epochs)."""
+    return set(trainer.config()) | TRAIN_REQUEST_KEYS
+
+
 def check_recipe(params: Dict[str, Any]) -> None:
     """Raise ValueError, naming the key, for a training request value RECIPE cannot take (checked when
     the request arrives, so it is answered 400 rather than failing later in the training process).
@@ -232,17 +244,28 @@ class LiverSliceTrainer(BasicTrainTask):
     # -- network, optimiser, loss ---------------------------------------------
     def network(self, context: Context):
         net = build_network(self.arch, self.preset, self.in_channels)
-        init = context.request.get("pretrained_path") or self.app_conf.pretrained_path
-        resume = as_bool(context.request.get("pretrained", True)) and os.path.exists(
-            self.publish_file
-        )
+        explicit = context.request.get("pretrained_path")  # the CLI's: asked for this run, so it wins
+        init = explicit or self.app_conf.pretrained_path
+        resume = not explicit and as_bool(context.request.get("pretrained", True)) and os.path.exists(self.publish_file)
+        if resume and init:
+            logger.warning(f"{self.task}: continuing from the published model {self.publish_file}; pretrained_path "
+                           f"{init} (--conf) initialises only a first round (give it to the CLI to start from it)")
         path = self.publish_file if resume else init
         if path:
             if not os.path.exists(path):
                 raise ModelNotReadyError(f"pretrained_path {path} does not exist (no download is attempted)")
             src, _ = load_checkpoint(path)
-            missing, unexpected = net.load_state_dict(src.state_dict(), strict=False)
-            logger.info(f"Initialised {self.task} from {path} (missing {len(missing)}, unexpected {len(unexpected)})")
+            own = net.state_dict()
+            fit = {k: v for k, v in src.state_dict().items() if k in own and own[k].shape == v.shape}
+            if len(fit) < len(own) / 2:  # another network's weights: training would start from random ones
+                raise ModelNotReadyError(
+                    f"{path} does not fit {self.task} ({self.arch}, preset {self.preset}): only {len(fit)} of its "
+                    f"{len(own)} tensors match by name and shape; give weights of the same network")
+            net.load_state_dict(fit, strict=False)
+            left = len(own) - len(fit)
+            (logger.warning if left else logger.info)(
+                f"Initialised {self.task} from {path}: {len(fit)} of {len(own)} tensors"
+                + (f"; {left} keep their random initial values" if left else ""))
         return net
 
     def optimizer(self, context: Context):
