@@ -239,8 +239,14 @@ def main(argv=None) -> int:
     ap.add_argument("--montage", default=None, help="also save a PNG montage of case 0 here")
     ap.add_argument("--force", action="store_true", help="regenerate even when up to date")
     args = ap.parse_args(argv)
-    if args.unlabelled > args.n:
-        ap.error("--unlabelled cannot exceed --n")
+    if args.n < 1 and not args.train_set:
+        ap.error(f"--n must be at least 1, got {args.n}")
+    if not 0 <= args.unlabelled <= args.n:
+        ap.error(f"--unlabelled must be 0 to --n ({args.n}), got {args.unlabelled}")
+    if args.size is not None and not 32 <= args.size <= 1024:  # the app refuses slices under 16x16
+        ap.error(f"--size must be 32 to 1024 pixels, got {args.size}")
+    if args.train_set < 0 or args.jobs < 1:
+        ap.error("--train-set must be >= 0 and --jobs >= 1")
     size = args.size or (SMALL_SIZE if args.small else 512)
 
     out = Path(args.out)

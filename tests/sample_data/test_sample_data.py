@@ -73,6 +73,18 @@ def test_sample_data_layouts(tmp_path):
     assert [c["labelled"] for c in cases] == [True, True, False]
 
 
+def test_generator_refuses_sizes_and_counts_it_cannot_make(tmp_path):
+    """--size -5 gave a traceback and --size 8 wrote slices the app refuses; --n 0 was answered about
+    --unlabelled."""
+    for bad, message in ((["--size", "-5"], "--size must be 32 to 1024"), (["--size", "8"], "--size must be 32 to 1024"),
+                         (["--n", "0", "--unlabelled", "0"], "--n must be at least 1"),
+                         (["--n", "2", "--unlabelled", "3"], "--unlabelled must be 0 to --n (2)")):
+        r = subprocess.run([sys.executable, str(SAMPLE / "make_sample_data.py"), "--out", str(tmp_path / "g")] + bad,
+                           capture_output=True, text=True)
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, (bad, r.stderr)
+    assert not (tmp_path / "g").exists()
+
+
 def test_msd_layout_offline(tmp_path):
     import fetch_msd
 

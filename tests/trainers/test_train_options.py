@@ -141,6 +141,7 @@ def test_trainer_cli_reads_options_as_the_server_does(tmp_path, monkeypatch):
     class FakeTrainer:  # the real task's options, no training
         def __init__(self, name, model_dir, app_conf, conf):
             self.real, self.model_dir = make_trainer(name, model_dir, app_conf, conf), model_dir
+            self._stats_path = self.real._stats_path
 
         def config(self):
             return self.real.config()
@@ -239,7 +240,7 @@ def test_a_weight_average_that_does_worse_keeps_the_model_in_place(tmp_path):
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
 
 
-def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(tmp_path):
+def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(tmp_path, capsys):
     """With no held-out volume (a site's first corrected label), publish: better validates the model in
     place and each epoch on the training volume itself: a round that does worse keeps the model (it was
     published unvalidated, judged on its training Dice)."""
@@ -254,6 +255,9 @@ def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(t
     assert stats["validated_on_training_volumes"] and stats["baseline_metric"] > 0.4
     assert "val_mean_dice" in stats["history"][0] and not stats["history"][0]["published"]
     assert stats["kept_model_in_place"]
+    # the CLI's last line says so (it gave the model in place's metric as if the run had published it)
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["published"] is False and last["best_metric"] == pytest.approx(stats["baseline_metric"])
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
 
 

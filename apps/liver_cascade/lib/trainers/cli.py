@@ -25,7 +25,7 @@ from lib.conf import AppConf  # noqa: E402
 from lib.model_io import ModelNotReadyError  # noqa: E402
 from lib.settings import PRESETS  # noqa: E402
 from lib.trainers import TRAINERS, make_trainer  # noqa: E402
-from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys  # noqa: E402
+from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys, last_run_path  # noqa: E402
 
 
 class _ListDatastore:
@@ -138,8 +138,12 @@ def main(argv=None):
         except (ValueError, ModelNotReadyError) as e:  # no labelled image, weights that do not fit, ...
             print(f"error: {name}: {e}", file=sys.stderr)
             return 1
-        print(json.dumps({"model": name, "seconds": round(time.time() - t0, 1),
-                          "best_metric": stats.get("best_metric")}), flush=True)
+        # a run that published nothing (publish: better) leaves its stats beside the model in place's; the
+        # best metric is then the model in place's
+        run_stats = last_run_path(trainer._stats_path)
+        kept = os.path.exists(run_stats) and os.path.getmtime(run_stats) >= t0
+        print(json.dumps({"model": name, "seconds": round(time.time() - t0, 1), "best_metric": stats.get("best_metric"),
+                          "published": not kept}), flush=True)
     return 0
 
 
