@@ -113,6 +113,15 @@ def test_datastore_layout_and_function_api(tmp_path):
     # explicit layout: without labels/final, references are the files of REF_DIR itself
     flat = evaluate.evaluate_folders(preds, store / "labels" / "final", tmp_path / "out2", layout="datastore")
     assert flat["n_cases"] == 2 and flat["liver_dice_per_case"] == summary["liver_dice_per_case"]
+    # one folder of images and labels (X and X_label, as ../shared/real-ct): every file was a reference, and
+    # a prediction named after its image failed as "an image, not a label?"
+    pairs = tmp_path / "pairs"
+    for name in ("liver_a", "liver_b"):
+        save(np.full(label_volume().shape, 70, np.int16), pairs / f"{name}.nii.gz")
+        save(label_volume(), pairs / f"{name}_label.nii.gz")
+    paired = evaluate.evaluate_folders(preds, pairs, tmp_path / "out3", report=True, images=pairs)
+    assert paired["n_cases"] == 2 and paired["liver_dice_per_case"] == summary["liver_dice_per_case"]
+    assert [float(r["mean_hu"]) for r in read_csv(tmp_path / "out3" / "lesion_report.csv")] == [70.0, 70.0]
 
 
 def test_errors(tmp_path):

@@ -15,7 +15,8 @@ file name):
   "Training Batch" folders); predictions ``segmentation-N``, ``test-segmentation-N``,
   ``volume-N`` or ``test-volume-N`` in PRED_DIR; images (``--images``) ``volume-N``.
 - ``datastore``: references ``REF_DIR/labels/final/NAME`` (a MONAI Label datastore)
-  or, without that folder, ``REF_DIR/NAME``; predictions ``PRED_DIR/NAME``; images
+  or, without that folder, ``REF_DIR/NAME_label`` beside ``REF_DIR/NAME`` when such
+  pairs are there, else every ``REF_DIR/NAME``; predictions ``PRED_DIR/NAME``; images
   ``IMAGE_DIR/NAME``.
 - ``auto`` (default): ``datastore`` if REF_DIR has ``labels/final``, else ``lits`` if
   it holds ``segmentation-N`` files, else ``datastore``.
@@ -60,6 +61,7 @@ from lib.validation import InputError, check_label_array, in_axis_order_of  # no
 
 LAYOUTS = ("auto", "lits", "datastore")
 NIFTI_EXTS = (".nii.gz", ".nii")
+LABEL_SUFFIX = "_label"  # a flat folder of images and labels: X.nii.gz with X_label.nii.gz
 _LITS_REF = re.compile(r"segmentation-(\d+)")
 _LITS_PRED = re.compile(r"(test-)?(segmentation|volume)-(\d+)")
 _LITS_IMAGE = re.compile(r"(?:test-)?volume-(\d+)")
@@ -124,8 +126,10 @@ def find_references(ref_dir, layout: str) -> Dict[str, Path]:
                 refs[key] = p
     elif layout == "datastore":
         folder = ref_dir / "labels" / "final"
-        for p in _nifti_files(folder if folder.is_dir() else ref_dir):
-            refs[nifti_stem(p)] = p
+        files = _nifti_files(folder if folder.is_dir() else ref_dir)
+        paired = [] if folder.is_dir() else [p for p in files if nifti_stem(p).endswith(LABEL_SUFFIX)]
+        for p in paired or files:  # a flat folder of X and X_label: the labels, by their image's name
+            refs[nifti_stem(p)[: -len(LABEL_SUFFIX)] if paired else nifti_stem(p)] = p
     else:
         raise ValueError(f"layout must be lits or datastore, got {layout!r}")
     return refs
