@@ -14,6 +14,7 @@ import threading
 from typing import Dict, Tuple
 
 import lib.configs
+import torch
 from fastapi import HTTPException
 from monailabel.config import settings
 from monailabel.interfaces.app import MONAILabelApp
@@ -28,12 +29,13 @@ from monailabel.utils.others.generic import strtobool
 
 from lib import lifecycle
 from lib.activelearning.random import RandomStrategy
-from lib.conf import AppConf
+from lib.conf import AppConf, as_bool
 from lib.datastore import SafeLocalDatastore
 from lib.dicomweb import create_dicomweb_datastore
 from lib.infers import InvalidRequestError
 from lib.model_io import ModelNotReadyError
 from lib.ohif import serve_ohif_nested_paths
+from lib.server_guard import check_infer_request
 from lib.validation import InputError, check_label_matches, check_volume_file
 
 logger = logging.getLogger(__name__)
@@ -187,6 +189,7 @@ class LiverCascadeApp(MONAILabelApp):
         model = request.get("model")
         if model not in self._infers:
             raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(self._infers)}")
+        check_infer_request(request)
         ds = datastore if datastore else self.datastore()
         path, uploaded = self._input_path(request.get("image"), ds)
         if (isinstance(ds, SafeLocalDatastore) and not uploaded
@@ -217,6 +220,16 @@ class LiverCascadeApp(MONAILabelApp):
                 raise HTTPException(status_code=503, detail=str(e)) from e
             except (InvalidRequestError, InputError) as e:
                 raise HTTPException(status_code=getattr(e, "status", 400), detail=str(e)) from e
+
+    def batch_infer(self, request, datastore=None):
+        """MONAI Label's batch inference; on a machine without a GPU it defaults to the CPU (its default,
+        every GPU, divided by zero: HTTP 500)."""
+        check_infer_request(request)
+        if not torch.cuda.is_available():
+            if as_bool(request.get("multi_gpu", False)):
+                raise HTTPException(status_code=400, detail="multi_gpu: this server has no GPU")
+            request = {**request, "multi_gpu": False, "device": request.get("device") or "cpu"}
+        return super().batch_infer(request, datastore)
 
     def _input_path(self, image, ds) -> Tuple[str, bool]:
         """(the file an infer request reads, whether it was uploaded with it): a datastore image or an

@@ -36,8 +36,10 @@ def server(tmp_path_factory, phantom_ct):
     nib.save(nib.Nifti1Image(phantom_ct.label, phantom_ct.affine), str(studies / "labels" / "final" / "labelled.nii.gz"))
     tmp = tmp_path_factory.mktemp("srv")
     app = untrained_app(tmp / "app")
-    s = Server(app, studies, {"skip_trainers": "true", "max_voxels": MAX_VOXELS, "max_upload_mb": 8}, tmp / "server.log")
-    s.studies = studies
+    (tmp / "tmp").mkdir()  # the server's temporary folder: what refused uploads leave behind shows there
+    s = Server(app, studies, {"skip_trainers": "true", "max_voxels": MAX_VOXELS, "max_upload_mb": 8}, tmp / "server.log",
+               extra_env={"TMPDIR": str(tmp / "tmp")})
+    s.studies, s.tmp, s.app = studies, tmp / "tmp", app
     yield s
     s.stop()
 
@@ -215,3 +217,103 @@ def test_training_requests_are_checked(server):
     r = requests.post(f"{server.url}/train/liver_resnet", json={}, timeout=30)
     assert r.status_code == 404, r.text
     assert_still_serving(server)
+
+
+def leftovers(server, wait_s=10.0):
+    """Files left in the server's temporary folder once the responses are sent (removal runs just after),
+    but the 1 kB logging configuration MONAI Label writes there for each background (scoring) process."""
+    import time
+
+    t0 = time.time()
+    while True:
+        left = sorted(p.name for p in server.tmp.iterdir() if p.is_file() and p.suffix != ".json")
+        if not left or time.time() - t0 > wait_s:
+            return left
+        time.sleep(0.5)
+
+
+def test_inference_never_overwrites_an_annotators_label(server):
+    """label_tag "final" in an infer or batch request replaced the annotator's label with the model's
+    prediction (a batch, every image's at once); a batch on a machine without a GPU answered 500."""
+    final = server.studies / "labels" / "final" / "labelled.nii.gz"
+    before = final.read_bytes()
+    r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "labelled", "output": "json"},
+                      data={"params": json.dumps({"save_label": True, "label_tag": "final"})}, timeout=300)
+    assert r.status_code == 400 and "never as 'final'" in r.text, r.text
+    r = requests.post(f"{server.url}/batch/infer/liver_resnet", params={"images": "labeled", "run_sync": "true"},
+                      json={"label_tag": "final"}, timeout=300)
+    assert r.status_code == 400 and "never as 'final'" in r.text, r.text
+    assert final.read_bytes() == before
+    assert requests.post(f"{server.url}/batch/infer/nosuch", params={"run_sync": "true"}, json={},
+                         timeout=60).status_code == 404
+    r = requests.post(f"{server.url}/batch/infer/liver_resnet", params={"images": "labeled", "run_sync": "true"},
+                      json={}, timeout=300)
+    assert r.status_code == 200 and r.json()["labelled"]["label"], r.text  # on the CPU, saved as 'original'
+    assert final.read_bytes() == before
+    for params, words in (({"logging": "NOTALEVEL"}, "logging"), ({"skip_writer": True}, "skip_writer")):
+        r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"},
+                          data={"params": json.dumps(params)}, timeout=300)
+        assert r.status_code == 400 and words in r.text, (params, r.text)
+    deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"  # nested deeper than Python's JSON parser recurses
+    r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"}, data={"params": deep}, timeout=300)
+    assert r.status_code == 400 and "RecursionError" in r.text, r.text[:300]
+
+
+def test_info_updates_cannot_break_next_sample(server):
+    """{"strategy": 5} in an image's info made Next Sample answer 500 for everyone, stored for good;
+    info that is not a JSON object, or for an image that does not exist, answered 500."""
+    url = f"{server.url}/datastore/image/info"
+    for info in ('{"strategy": 5}', '{"liver_uncertainty": "x"}', '{"ts": "bogus"}', "notjson", "5", "[1, 2]"):
+        r = requests.put(url, params={"image": "ok"}, data={"info": info}, timeout=60)
+        assert r.status_code == 400, (info, r.status_code, r.text)
+    assert requests.put(url, params={"image": "nosuch"}, data={"info": "{}"}, timeout=60).status_code == 404
+    r = requests.put(f"{server.url}/datastore/label/info", params={"label": "ok", "tag": "final"},
+                     data={"info": "{}"}, timeout=60)
+    assert r.status_code == 404, r.text
+    assert requests.put(url, params={"image": "ok"}, data={"info": '{"note": "contrast late"}'}, timeout=60).ok
+    assert requests.get(f"{server.url}/datastore/image/info", params={"image": "ok"}, timeout=60).json()["note"] == \
+        "contrast late"
+    for strategy in ("random", "first"):
+        r = requests.post(f"{server.url}/activelearning/{strategy}", json={}, timeout=60)
+        assert r.status_code == 200 and r.json()["id"] != "labelled", (strategy, r.text)
+
+
+def test_a_model_upload_must_be_a_model_of_that_network(server, tmp_path):
+    """A 7-byte text upload replaced the weights (every later inference failed)."""
+    import torch
+
+    from lib.model_io import save_checkpoint
+    from lib.networks import build_network
+
+    weights = server.app / "model" / "liver_resnet_lite.pt"
+    before = weights.read_bytes()
+    r = requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", io.BytesIO(b"garbage"))}, timeout=60)
+    assert r.status_code == 400 and "not a model file" in r.text, r.text
+    save_checkpoint(str(tmp_path / "vgg.pt"), build_network("vgg", "lite", 1), "vgg", "lite", 1)
+    r = requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", (tmp_path / "vgg.pt").read_bytes())},
+                     timeout=60)
+    assert r.status_code == 400 and "'vgg'" in r.text, r.text
+    assert requests.put(f"{server.url}/model/nosuch", files={"file": ("m.pt", b"x")}, timeout=60).status_code == 404
+    assert weights.read_bytes() == before
+    torch.manual_seed(1)
+    fresh = build_network("resnet", "lite", 1)
+    save_checkpoint(str(tmp_path / "ok.pt"), fresh, "resnet", "lite", 1)
+    r = requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", (tmp_path / "ok.pt").read_bytes())},
+                     timeout=60)
+    assert r.status_code == 200, r.text
+    assert requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"}, timeout=300).status_code == 200
+
+
+def test_refused_uploads_and_downloads_leave_nothing_in_tmp(server, phantom_ct):
+    """Each refused upload stayed in /tmp whole (a 50 MB one, 50 MB); each dataset ZIP too."""
+    assert leftovers(server, 0) == []
+    junk = io.BytesIO(b"not a volume" * 1000)
+    assert requests.put(f"{server.url}/datastore/image", params={"image": "junk"},
+                        files={"file": ("junk.nii.gz", junk)}, timeout=60).status_code == 400
+    assert requests.put(f"{server.url}/datastore/label", params={"image": "ok", "tag": "final"},
+                        files={"label": ("l.nii.gz", io.BytesIO(b"not a label"))}, timeout=60).status_code == 400
+    assert upload(server, b"not a volume").status_code == 400
+    assert requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", b"garbage")}, timeout=60).status_code == 400
+    r = requests.get(f"{server.url}/datastore/dataset", timeout=60)
+    assert r.status_code == 200 and r.content[:2] == b"PK"
+    assert leftovers(server) == []

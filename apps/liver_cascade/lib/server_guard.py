@@ -12,11 +12,15 @@ import functools
 import inspect
 import json
 import logging
+import os
+import shutil
 
 import requests
-from fastapi import HTTPException
+import torch
+from fastapi import BackgroundTasks, HTTPException
 from fastapi.responses import JSONResponse
 
+from lib.conf import as_bool
 from lib.datastore import check_name
 from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys
 
@@ -33,8 +37,8 @@ def parse_params(params) -> dict:
         return params
     try:
         value = json.loads(params)
-    except (TypeError, ValueError) as e:
-        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {e}") from e
+    except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
+        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {type(e).__name__}: {e}") from None
     if not isinstance(value, dict):
         raise HTTPException(status_code=400, detail=f"params must be a JSON object, got {type(value).__name__}")
     return value
@@ -69,6 +73,22 @@ def check_train_params(model: str, params: dict, trainers) -> None:
             check_recipe(p)
         except ValueError as e:
             raise HTTPException(status_code=400, detail=str(e)) from e
+
+
+def check_infer_request(request) -> None:
+    """What MONAI Label's infer takes from a request without a check: a prediction saved under the tag
+    ``final`` replaced the annotator's label (a batch inference, every image's at once); an unknown
+    logging level or ``skip_writer`` answered 500."""
+    tag = request.get("label_tag")
+    if tag is not None and (not isinstance(tag, str) or tag == "final"):
+        raise HTTPException(status_code=400, detail=f"label_tag {tag!r}: an inference is saved as the model's label "
+                                                    "('original'), never as 'final'; save an annotator's label with "
+                                                    "PUT /datastore/label")
+    level = request.get("logging")
+    if level is not None and not isinstance(logging.getLevelName(str(level).upper()), int):
+        raise HTTPException(status_code=400, detail=f"logging must be a level name (INFO, DEBUG, ...), got {level!r}")
+    if as_bool(request.get("skip_writer", False)):
+        raise HTTPException(status_code=400, detail="skip_writer is not offered: the result is a label file")
 
 
 class UploadLimit:
@@ -123,6 +143,19 @@ class _JWTWithAlgorithms:
         return self._jwt.decode(token, key, **kwargs)
 
 
+def _remove_uploads(args, kwargs) -> None:
+    """Run the upload clean-up MONAI Label's endpoint queued: it queues the removal of the request's
+    temporary file as a background task, which never runs when the request fails (every refused upload
+    stayed in /tmp: 50 MB for a 50 MB upload)."""
+    from monailabel.utils.others.generic import remove_file
+
+    for tasks in [a for a in args if isinstance(a, BackgroundTasks)] + [
+            v for v in kwargs.values() if isinstance(v, BackgroundTasks)]:
+        for task in tasks.tasks:
+            if task.func is remove_file:
+                remove_file(*task.args, **task.kwargs)
+
+
 def _wrap(module, name, check):
     original = getattr(module, name)
     if getattr(original, "_liver_cascade_guard", False):
@@ -131,16 +164,42 @@ def _wrap(module, name, check):
     @functools.wraps(original)
     def guarded(*args, **kwargs):
         check(*args, **kwargs)
-        return original(*args, **kwargs)
+        try:
+            return original(*args, **kwargs)
+        except BaseException:
+            _remove_uploads(args, kwargs)
+            raise
 
     guarded._liver_cascade_guard = True
     setattr(module, name, guarded)
 
 
+def _remove_after_sending(module, name) -> None:
+    """The dataset ZIP MONAI Label writes to /tmp for each download was never removed (1.7 MB per
+    download of the sample datastore, piling up): removed once sent."""
+    original = getattr(module, name)
+    if getattr(original, "_liver_cascade_guard", False):
+        return
+
+    @functools.wraps(original)
+    def sent_then_removed(*args, **kwargs):
+        from monailabel.utils.others.generic import remove_file
+        from starlette.background import BackgroundTask
+        from starlette.responses import FileResponse
+
+        response = original(*args, **kwargs)
+        if isinstance(response, FileResponse) and response.background is None:
+            response.background = BackgroundTask(remove_file, response.path)
+        return response
+
+    sent_then_removed._liver_cascade_guard = True
+    setattr(module, name, sent_then_removed)
+
+
 def install(app_instance, max_upload_bytes: int) -> None:
     """Put the checks in front of MONAI Label's endpoints (idempotent)."""
     import monailabel.app as server
-    from monailabel.endpoints import activelearning, datastore, infer, scoring, train
+    from monailabel.endpoints import activelearning, batch_infer, datastore, infer, model, scoring, train
 
     infer_signature = inspect.signature(infer.run_inference)
 
@@ -182,6 +241,70 @@ def install(app_instance, max_upload_bytes: int) -> None:
         check_train_params("", params, app_instance._trainers)
         has_final_labels()
 
+    def batch_check(model, images=None, params=None, run_sync=False, *a, **k):
+        if model not in app_instance._infers:
+            raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(app_instance._infers)}")
+        if params is not None and not isinstance(params, dict):
+            raise HTTPException(status_code=400, detail="params must be a JSON object")
+        check_infer_request(params or {})
+        if as_bool((params or {}).get("multi_gpu", False)) and not torch.cuda.is_available():
+            raise HTTPException(status_code=400, detail="multi_gpu: this server has no GPU")
+
+    # what the app and MONAI Label write into an image's info themselves: set over HTTP with the wrong type,
+    # a value broke Next Sample (500) for every client until overwritten
+    from lib.activelearning.uncertainty import OFFERS_KEY
+    from lib.scoring import correction, uncertainty
+
+    reserved = {"ts", "name", "strategy", "user", "path", OFFERS_KEY, correction.INFO_KEY, uncertainty.INFO_KEY}
+
+    def parse_info(info) -> dict:
+        value = parse_params(info)  # the same JSON rules: an object
+        taken = sorted(k for k in value if k in reserved)
+        if taken:
+            raise HTTPException(status_code=400, detail=f"info keys {taken} are written by the server itself")
+        return value
+
+    def image_info_check(image, info="{}", *a, **k):
+        parse_info(k.get("info", info))
+        check_name(image, "image id")
+        if not app_instance.datastore().get_image_uri(image):
+            raise HTTPException(status_code=404, detail=f"Image {image!r} is not in the datastore")
+
+    def label_info_check(label, tag, info="{}", *a, **k):
+        parse_info(k.get("info", info))
+        check_name(label, "label id")
+        check_name(tag, "label tag")
+        if not app_instance.datastore().get_label_by_image_id(label, tag):
+            raise HTTPException(status_code=404, detail=f"no {tag!r} label for {label!r}")
+
+    def model_upload_check(background_tasks, model, file, *a, **k):
+        """A model upload replaced the weights with whatever was sent (7 bytes of text: every later
+        request failed): it must load as this app's checkpoint, of the network in place."""
+        from lib.model_io import load_checkpoint
+
+        if model not in app_instance._infers:
+            raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(app_instance._infers)}")
+        import tempfile
+
+        with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
+            shutil.copyfileobj(file.file, tmp)
+            tmp.flush()
+            file.file.seek(0)
+            try:
+                _, ckpt = load_checkpoint(tmp.name)
+            except Exception as e:
+                raise HTTPException(status_code=400, detail=f"the upload is not a model file of this app: {e}") from None
+        previous = app_instance.model_file(model, validate=False)
+        if previous and os.path.exists(previous):
+            try:
+                _, before = load_checkpoint(previous)
+            except Exception:
+                return  # the file in place is broken: any valid checkpoint may replace it
+            got, want = [tuple(c.get(k) for k in ("arch", "preset", "in_channels")) for c in (ckpt, before)]
+            if got != want:
+                raise HTTPException(status_code=400, detail=f"the upload is a {got} network (arch, preset, input "
+                                                            f"channels); {os.path.basename(previous)} is {want}")
+
     from monailabel.endpoints.user import auth
 
     if not isinstance(auth.jwt, _JWTWithAlgorithms):
@@ -194,6 +317,11 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(datastore, "add_image", datastore_check)
     _wrap(train, "run_model", train_check)
     _wrap(train, "run", train_all_check)
+    _wrap(batch_infer, "run", batch_check)
+    _remove_after_sending(datastore, "download_dataset")
+    _wrap(datastore, "update_image_info", image_info_check)
+    _wrap(datastore, "update_label_info", label_info_check)
+    _wrap(model, "update_model", model_upload_check)
 
     async def dicomweb_unreachable(request, exc):
         return JSONResponse(status_code=503, content={
