@@ -29,13 +29,13 @@ from monailabel.utils.others.generic import strtobool
 
 from lib import lifecycle
 from lib.activelearning.random import RandomStrategy
-from lib.conf import AppConf, as_bool
+from lib.conf import AppConf
 from lib.datastore import SafeLocalDatastore
 from lib.dicomweb import create_dicomweb_datastore
 from lib.infers import InvalidRequestError
 from lib.model_io import ModelNotReadyError
 from lib.ohif import serve_ohif_nested_paths
-from lib.server_guard import check_infer_request
+from lib.server_guard import check_batch_request, check_infer_request, check_model
 from lib.validation import InputError, check_label_matches, check_volume_file
 
 logger = logging.getLogger(__name__)
@@ -186,9 +186,7 @@ class LiverCascadeApp(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         """MONAI Label's infer, with clear HTTP errors for what the caller can fix."""
-        model = request.get("model")
-        if model not in self._infers:
-            raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(self._infers)}")
+        check_model(request.get("model"), self._infers)
         check_infer_request(request)
         ds = datastore if datastore else self.datastore()
         path, uploaded = self._input_path(request.get("image"), ds)
@@ -224,10 +222,8 @@ class LiverCascadeApp(MONAILabelApp):
     def batch_infer(self, request, datastore=None):
         """MONAI Label's batch inference; on a machine without a GPU it defaults to the CPU (its default,
         every GPU, divided by zero: HTTP 500)."""
-        check_infer_request(request)
+        check_batch_request(request)
         if not torch.cuda.is_available():
-            if as_bool(request.get("multi_gpu", False)):
-                raise HTTPException(status_code=400, detail="multi_gpu: this server has no GPU")
             request = {**request, "multi_gpu": False, "device": request.get("device") or "cpu"}
         return super().batch_infer(request, datastore)
 

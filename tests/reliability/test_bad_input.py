@@ -243,6 +243,12 @@ def test_inference_never_overwrites_an_annotators_label(server):
     r = requests.post(f"{server.url}/batch/infer/liver_resnet", params={"images": "labeled", "run_sync": "true"},
                       json={"label_tag": "final"}, timeout=300)
     assert r.status_code == 400 and "never as 'final'" in r.text, r.text
+    for tag in ("FINAL", "final\n", " final", "bad/tag"):  # look-alikes and bad names, refused before inferring
+        r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "labelled", "output": "json"},
+                          data={"params": json.dumps({"save_label": True, "label_tag": tag})}, timeout=300)
+        assert r.status_code == 400 and "label tag" in r.text.replace("label_tag", "label tag"), (tag, r.text)
+    assert not [p for p in (server.studies / "labels").iterdir() if p.name.lower().strip() == "final" and p.name != "final"]
+    assert leftovers(server) == []  # a tag refused after the inference left its result file
     assert final.read_bytes() == before
     assert requests.post(f"{server.url}/batch/infer/nosuch", params={"run_sync": "true"}, json={},
                          timeout=60).status_code == 404
@@ -263,7 +269,9 @@ def test_info_updates_cannot_break_next_sample(server):
     """{"strategy": 5} in an image's info made Next Sample answer 500 for everyone, stored for good;
     info that is not a JSON object, or for an image that does not exist, answered 500."""
     url = f"{server.url}/datastore/image/info"
-    for info in ('{"strategy": 5}', '{"liver_uncertainty": "x"}', '{"ts": "bogus"}', "notjson", "5", "[1, 2]"):
+    deep = '{"a": ' + "[" * 600 + "]" * 600 + "}"  # stored, it broke the dataset download and training
+    for info in ('{"strategy": 5}', '{"liver_uncertainty": "x"}', '{"ts": "bogus"}', "notjson", "5", "[1, 2]",
+                 '{"x": Infinity}', '{"note": NaN}', deep):
         r = requests.put(url, params={"image": "ok"}, data={"info": info}, timeout=60)
         assert r.status_code == 400, (info, r.status_code, r.text)
     assert requests.put(url, params={"image": "nosuch"}, data={"info": "{}"}, timeout=60).status_code == 404
@@ -294,6 +302,22 @@ def test_a_model_upload_must_be_a_model_of_that_network(server, tmp_path):
                      timeout=60)
     assert r.status_code == 400 and "'vgg'" in r.text, r.text
     assert requests.put(f"{server.url}/model/nosuch", files={"file": ("m.pt", b"x")}, timeout=60).status_code == 404
+
+    class Evil:  # a pickle that runs a command when loaded
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    torch.save({"model": Evil()}, str(tmp_path / "evil.pt"))
+    r = requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", (tmp_path / "evil.pt").read_bytes())},
+                     timeout=60)
+    assert r.status_code == 400 and not (tmp_path / "pwned").exists(), r.text
+    nan = build_network("resnet", "lite", 1)
+    with torch.no_grad():
+        next(iter(nan.parameters())).fill_(float("nan"))
+    save_checkpoint(str(tmp_path / "nan.pt"), nan, "resnet", "lite", 1)
+    r = requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", (tmp_path / "nan.pt").read_bytes())},
+                     timeout=60)
+    assert r.status_code == 400 and "NaN" in r.text, r.text
     assert weights.read_bytes() == before
     torch.manual_seed(1)
     fresh = build_network("resnet", "lite", 1)

@@ -41,7 +41,7 @@ from lib.validation import InputError, check_label_matches, check_volume_file
 logger = logging.getLogger(__name__)
 
 FILE_MODE = 0o644  # what the server writes is readable as the shipped files are (a CLI evaluation, a backup)
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,199}$")
+SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+\- ]{0,199}\Z")  # \Z: "$" lets a trailing newline through
 
 
 def check_name(value: str, what: str) -> str:

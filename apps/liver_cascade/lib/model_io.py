@@ -7,6 +7,7 @@ a running server never reads a half-written model, and loaders reload a file
 when its modification time changes (the next request uses a new model).
 """
 
+import json
 import os
 import tempfile
 import threading
@@ -25,7 +26,9 @@ def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str,
                     meta: Optional[Dict[str, Any]] = None) -> str:
     net = network.module if hasattr(network, "module") else network
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    ckpt = {"model": state, "arch": arch, "preset": preset, "in_channels": in_channels, "meta": meta or {}}
+    # plain JSON values in meta (a numpy number would not load with weights_only)
+    meta = json.loads(json.dumps(meta or {}, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+    ckpt = {"model": state, "arch": arch, "preset": preset, "in_channels": in_channels, "meta": meta}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     os.close(fd)
@@ -41,7 +44,9 @@ def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str,
 
 def load_checkpoint(path: str, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=False)
+        # weights_only: a checkpoint is tensors, names and numbers; a pickle that runs code (an uploaded
+        # "model") is refused, not executed
+        ckpt = torch.load(path, map_location=device, weights_only=True)
         net = build_network(ckpt["arch"], ckpt["preset"], ckpt["in_channels"])
         net.load_state_dict(ckpt["model"])
     except FileNotFoundError:

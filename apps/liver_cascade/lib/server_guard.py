@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 
 import requests
 import torch
@@ -30,17 +31,33 @@ logger = logging.getLogger(__name__)
 _PATH_PARAMS = ("pretrained_path", "train_ds", "val_ds", "model_dir", "bundle_path", "output_dir")
 
 
-def parse_params(params) -> dict:
+MAX_JSON_DEPTH = 32  # deeper, a stored value broke the datastore's own reads (pydantic's depth limit)
+
+
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value) -> int:
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return 1 + max((_depth(v) for v in children), default=0)
+
+
+def parse_params(params, what: str = "params") -> dict:
+    """A request's JSON object. NaN and Infinity are refused (stored, they broke every later read of the
+    datastore: 500), so is nesting deeper than MAX_JSON_DEPTH."""
     if params is None or params == "":
         return {}
     if isinstance(params, dict):
         return params
     try:
-        value = json.loads(params)
+        value = json.loads(params, parse_constant=_no_constant)
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
     except (TypeError, ValueError, RecursionError) as e:  # RecursionError: nested thousands deep
-        raise HTTPException(status_code=400, detail=f"params is not valid JSON: {type(e).__name__}: {e}") from None
+        raise HTTPException(status_code=400, detail=f"{what} is not valid JSON: {type(e).__name__}: {e}") from None
     if not isinstance(value, dict):
-        raise HTTPException(status_code=400, detail=f"params must be a JSON object, got {type(value).__name__}")
+        raise HTTPException(status_code=400, detail=f"{what} must be a JSON object, got {type(value).__name__}")
     return value
 
 
@@ -75,15 +92,30 @@ def check_train_params(model: str, params: dict, trainers) -> None:
             raise HTTPException(status_code=400, detail=str(e)) from e
 
 
+def check_model(model, infers) -> None:
+    if model not in infers:
+        raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(infers)}")
+
+
+def check_batch_request(request) -> None:
+    """A batch inference's options: those of an inference, and no multi_gpu without a GPU (MONAI Label
+    then divided by zero: 500)."""
+    check_infer_request(request)
+    if as_bool(request.get("multi_gpu", False)) and not torch.cuda.is_available():
+        raise HTTPException(status_code=400, detail="multi_gpu: this server has no GPU")
+
+
 def check_infer_request(request) -> None:
     """What MONAI Label's infer takes from a request without a check: a prediction saved under the tag
     ``final`` replaced the annotator's label (a batch inference, every image's at once); an unknown
     logging level or ``skip_writer`` answered 500."""
     tag = request.get("label_tag")
-    if tag is not None and (not isinstance(tag, str) or tag == "final"):
+    if tag is not None and (not isinstance(tag, str) or tag.strip(" .").lower() == "final"):
         raise HTTPException(status_code=400, detail=f"label_tag {tag!r}: an inference is saved as the model's label "
                                                     "('original'), never as 'final'; save an annotator's label with "
                                                     "PUT /datastore/label")
+    if tag is not None:
+        check_name(tag, "label tag")  # before the inference runs, not when its label is saved
     level = request.get("logging")
     if level is not None and not isinstance(logging.getLevelName(str(level).upper()), int):
         raise HTTPException(status_code=400, detail=f"logging must be a level name (INFO, DEBUG, ...), got {level!r}")
@@ -242,13 +274,10 @@ def install(app_instance, max_upload_bytes: int) -> None:
         has_final_labels()
 
     def batch_check(model, images=None, params=None, run_sync=False, *a, **k):
-        if model not in app_instance._infers:
-            raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(app_instance._infers)}")
+        check_model(model, app_instance._infers)
         if params is not None and not isinstance(params, dict):
             raise HTTPException(status_code=400, detail="params must be a JSON object")
-        check_infer_request(params or {})
-        if as_bool((params or {}).get("multi_gpu", False)) and not torch.cuda.is_available():
-            raise HTTPException(status_code=400, detail="multi_gpu: this server has no GPU")
+        check_batch_request(params or {})  # here too: an asynchronous run would fail in its own process
 
     # what the app and MONAI Label write into an image's info themselves: set over HTTP with the wrong type,
     # a value broke Next Sample (500) for every client until overwritten
@@ -258,7 +287,7 @@ def install(app_instance, max_upload_bytes: int) -> None:
     reserved = {"ts", "name", "strategy", "user", "path", OFFERS_KEY, correction.INFO_KEY, uncertainty.INFO_KEY}
 
     def parse_info(info) -> dict:
-        value = parse_params(info)  # the same JSON rules: an object
+        value = parse_params(info, "info")  # the same JSON rules: an object
         taken = sorted(k for k in value if k in reserved)
         if taken:
             raise HTTPException(status_code=400, detail=f"info keys {taken} are written by the server itself")
@@ -282,18 +311,18 @@ def install(app_instance, max_upload_bytes: int) -> None:
         request failed): it must load as this app's checkpoint, of the network in place."""
         from lib.model_io import load_checkpoint
 
-        if model not in app_instance._infers:
-            raise HTTPException(status_code=404, detail=f"Unknown model {model!r}; available: {sorted(app_instance._infers)}")
-        import tempfile
-
+        check_model(model, app_instance._infers)
         with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
             shutil.copyfileobj(file.file, tmp)
             tmp.flush()
             file.file.seek(0)
             try:
-                _, ckpt = load_checkpoint(tmp.name)
+                net, ckpt = load_checkpoint(tmp.name)
             except Exception as e:
-                raise HTTPException(status_code=400, detail=f"the upload is not a model file of this app: {e}") from None
+                reason = str(e).replace(tmp.name, file.filename or "the upload").splitlines()[0][:300]
+                raise HTTPException(status_code=400, detail=f"the upload is not a model file of this app: {reason}") from None
+        if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
+            raise HTTPException(status_code=400, detail="the upload has NaN or infinite weights")
         previous = app_instance.model_file(model, validate=False)
         if previous and os.path.exists(previous):
             try:
