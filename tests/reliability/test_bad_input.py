@@ -341,3 +341,28 @@ def test_refused_uploads_and_downloads_leave_nothing_in_tmp(server, phantom_ct):
     r = requests.get(f"{server.url}/datastore/dataset", timeout=60)
     assert r.status_code == 200 and r.content[:2] == b"PK"
     assert leftovers(server) == []
+
+
+def test_session_uploads_that_cannot_be_unpacked_or_downloaded_get_400(server, phantom_ct):
+    """An upload to unpack that is no archive, and the image of a session of several files, answered 500."""
+    import zipfile
+
+    volume = nii_bytes(phantom_ct.image)
+    r = requests.put(f"{server.url}/session/", params={"uncompress": "true"},
+                     files=[("files", ("ct.nii.gz", volume))], timeout=60)
+    assert r.status_code == 400 and "not a zip or tar archive" in r.text, r.text
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("ct.nii.gz", volume)
+    r = requests.put(f"{server.url}/session/", params={"uncompress": "true"},
+                     files=[("files", ("ct.zip", archive.getvalue()))], timeout=60)
+    assert r.status_code == 200, r.text
+    requests.delete(f"{server.url}/session/{r.json()['session_id']}", timeout=60)  # sessions live in ~/.cache
+    r = requests.put(f"{server.url}/session/", files=[("files", ("a.nii.gz", volume)), ("files", ("b.nii.gz", volume))],
+                     timeout=60)
+    assert r.status_code == 200, r.text
+    session_id = r.json()["session_id"]
+    r = requests.get(f"{server.url}/session/{session_id}", params={"image": "true"}, timeout=60)
+    assert r.status_code == 400 and "several files" in r.text, r.text
+    assert requests.get(f"{server.url}/session/{session_id}", timeout=60).status_code == 200
+    requests.delete(f"{server.url}/session/{session_id}", timeout=60)

@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import shutil
+import tarfile
 import tempfile
+import zipfile
 
 import requests
 import torch
@@ -231,7 +233,7 @@ def _remove_after_sending(module, name) -> None:
 def install(app_instance, max_upload_bytes: int) -> None:
     """Put the checks in front of MONAI Label's endpoints (idempotent)."""
     import monailabel.app as server
-    from monailabel.endpoints import activelearning, batch_infer, datastore, infer, model, scoring, train
+    from monailabel.endpoints import activelearning, batch_infer, datastore, infer, model, scoring, session, train
 
     infer_signature = inspect.signature(infer.run_inference)
 
@@ -334,6 +336,30 @@ def install(app_instance, max_upload_bytes: int) -> None:
                 raise HTTPException(status_code=400, detail=f"the upload is a {got} network (arch, preset, input "
                                                             f"channels); {os.path.basename(previous)} is {want}")
 
+    def session_upload_check(background_tasks, uncompress=False, expiry=0, files=(), *a, **k):
+        """An upload to be unpacked that is no archive answered 500 ("Unknown archive format") and left its
+        folder behind."""
+        if not as_bool(uncompress) or len(files) != 1:
+            return  # several files are stored as a folder, not unpacked
+        f = files[0]
+        name = (f.filename or "").lower()
+        kinds = [fmt for fmt, exts, _ in shutil.get_unpack_formats() if name.endswith(tuple(exts))]
+        try:
+            readable = (zipfile.is_zipfile(f.file) if kinds == ["zip"] else
+                        bool(kinds) and tarfile.open(fileobj=f.file, mode="r:*") is not None)
+        except (tarfile.TarError, OSError, EOFError):
+            readable = False
+        f.file.seek(0)
+        if not readable:
+            raise HTTPException(status_code=400, detail=f"uncompress: {f.filename!r} is not a zip or tar archive")
+
+    def session_image_check(session_id, update_ts=False, image=False, *a, **k):
+        sessions = app_instance.sessions()
+        info = sessions.get_session(session_id) if sessions is not None else None
+        if image and info and os.path.isdir(info.image):
+            raise HTTPException(status_code=400, detail="this session holds several files: there is no one image "
+                                                        "to download")
+
     from monailabel.endpoints.user import auth
 
     if not isinstance(auth.jwt, _JWTWithAlgorithms):
@@ -351,6 +377,8 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(datastore, "update_image_info", image_info_check)
     _wrap(datastore, "update_label_info", label_info_check)
     _wrap(model, "update_model", model_upload_check)
+    _wrap(session, "create_session", session_upload_check)
+    _wrap(session, "get_session", session_image_check)
 
     async def dicomweb_unreachable(request, exc):
         return JSONResponse(status_code=503, content={
