@@ -42,7 +42,8 @@ def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str,
     return path
 
 
-def load_checkpoint(path: str, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+def load_checkpoint(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
+    """The network and checkpoint dict of ``path`` (a file name, or a binary file object)."""
     try:
         # weights_only: a checkpoint is tensors, names and numbers; a pickle that runs code (an uploaded
         # "model") is refused, not executed

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import tarfile
-import tempfile
 import zipfile
 
 import requests
@@ -314,21 +313,19 @@ def install(app_instance, max_upload_bytes: int) -> None:
         from lib.model_io import load_checkpoint
 
         check_model(model, app_instance._infers)
-        with tempfile.NamedTemporaryFile(suffix=".pt") as tmp:
-            shutil.copyfileobj(file.file, tmp)
-            tmp.flush()
+        try:  # from the upload itself (torch reads file objects); MONAI Label then copies it into place
+            net, ckpt = load_checkpoint(file.file)
+        except Exception as e:
+            reason = str(e.__cause__ or e).splitlines()[0][:300]
+            raise HTTPException(status_code=400, detail=f"the upload is not a model file of this app: {reason}") from None
+        finally:
             file.file.seek(0)
-            try:
-                net, ckpt = load_checkpoint(tmp.name)
-            except Exception as e:
-                reason = str(e).replace(tmp.name, file.filename or "the upload").splitlines()[0][:300]
-                raise HTTPException(status_code=400, detail=f"the upload is not a model file of this app: {reason}") from None
         if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
             raise HTTPException(status_code=400, detail="the upload has NaN or infinite weights")
         previous = app_instance.model_file(model, validate=False)
         if previous and os.path.exists(previous):
-            try:
-                _, before = load_checkpoint(previous)
+            try:  # its header only: no network built
+                before = torch.load(previous, map_location="cpu", weights_only=True)
             except Exception:
                 return  # the file in place is broken: any valid checkpoint may replace it
             got, want = [tuple(c.get(k) for k in ("arch", "preset", "in_channels")) for c in (ckpt, before)]
