@@ -319,13 +319,37 @@ def test_a_model_upload_must_be_a_model_of_that_network(server, tmp_path):
                      timeout=60)
     assert r.status_code == 400 and "NaN" in r.text, r.text
     assert weights.read_bytes() == before
+    assert not (server.app / "model" / "liver_resnet_lite.pt.previous").exists()  # nothing replaced yet
     torch.manual_seed(1)
     fresh = build_network("resnet", "lite", 1)
     save_checkpoint(str(tmp_path / "ok.pt"), fresh, "resnet", "lite", 1)
     r = requests.put(f"{server.url}/model/liver_resnet", files={"file": ("m.pt", (tmp_path / "ok.pt").read_bytes())},
                      timeout=60)
     assert r.status_code == 200, r.text
+    assert weights.read_bytes() == (tmp_path / "ok.pt").read_bytes()
+    # the model it replaced is kept for a roll-back (it was lost)
+    assert (server.app / "model" / "liver_resnet_lite.pt.previous").read_bytes() == before
     assert requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"}, timeout=300).status_code == 200
+
+
+def test_routes_the_app_cannot_serve_get_404_not_500(server):
+    """The whole-slide inference routes (no image, a malformed ``wsi`` form, any model) and /logs/gpu
+    without nvidia-smi answered 500, so did a huge ``lines`` for the log."""
+    import shutil
+
+    for path in ("/infer/wsi_v2/liver_resnet", "/infer/wsi/liver_resnet", "/infer/wsi_v2/nosuch"):
+        r = requests.post(server.url + path, data={"wsi": "{not json"}, timeout=60)
+        assert r.status_code == 404 and "no whole-slide" in r.text, (path, r.status_code, r.text)
+    r = requests.get(f"{server.url}/logs/gpu", timeout=60)
+    if shutil.which("nvidia-smi"):
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 404 and "nvidia-smi" in r.text, r.text
+    r = requests.get(f"{server.url}/logs/", params={"lines": 10 ** 20}, timeout=60)
+    assert r.status_code == 400 and "at most" in r.text, r.text
+    r = requests.get(f"{server.url}/logs/", params={"lines": 5, "text": "true"}, timeout=60)
+    assert r.status_code == 200 and 0 < r.text.count("\n") <= 5
+    assert_still_serving(server)
 
 
 def test_refused_uploads_and_downloads_leave_nothing_in_tmp(server, phantom_ct):

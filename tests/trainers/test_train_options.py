@@ -121,10 +121,13 @@ def test_a_round_that_does_worse_keeps_the_model_in_place(tmp_path):
     assert stats["history"][0]["val_mean_dice"] < stats["baseline_metric"]
     assert stats["kept_model_in_place"] and not stats["history"][0]["published"]
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
+    assert not (model_dir / "liver_resnet_lite.pt.previous").exists()  # nothing replaced
     main(args + ["--publish", "best"])
     stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
     assert stats["baseline_metric"] is None and stats["history"][0]["published"]
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() != shipped
+    # the model the round replaced is kept for a roll-back (it was lost)
+    assert (model_dir / "liver_resnet_lite.pt.previous").read_bytes() == shipped
 
 
 def test_trainer_cli_reads_options_as_the_server_does(tmp_path, monkeypatch):

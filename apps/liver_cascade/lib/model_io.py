@@ -9,6 +9,7 @@ when its modification time changes (the next request uses a new model).
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 from typing import Any, Dict, Optional, Tuple
@@ -40,6 +41,28 @@ def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str,
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+PREVIOUS_SUFFIX = ".previous"
+
+
+def keep_previous(path: str) -> Optional[str]:
+    """Copy the model file in place to ``<path>.previous`` before it is replaced (by an upload, or by a
+    training round's first publish), so a bad replacement can be rolled back. One copy: the model
+    replaced last. Returns the copy's path, or None when there was no model in place."""
+    if not os.path.exists(path):
+        return None
+    backup = path + PREVIOUS_SUFFIX
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(path, tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, backup)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return backup
 
 
 def load_checkpoint(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:

@@ -13,6 +13,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import tarfile
 import zipfile
@@ -124,6 +125,15 @@ def check_infer_request(request) -> None:
         raise HTTPException(status_code=400, detail="skip_writer is not offered: the result is a label file")
 
 
+async def _answer(send, status: int, detail: str):
+    """A JSON error answered by an ASGI layer; the connection is closed (the request body is not read)."""
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body})
+
+
 class UploadLimit:
     """ASGI layer: refuse request bodies over ``max_bytes`` (413) before they are read or stored."""
 
@@ -149,13 +159,30 @@ class UploadLimit:
             return await self._answer(send, 411, "send uploads with a Content-Length")
         return await self.app(scope, receive, send)
 
-    @staticmethod
-    async def _answer(send, status: int, detail: str):
-        body = json.dumps({"detail": detail}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+    _answer = staticmethod(_answer)
+
+
+class Unserved:
+    """ASGI layer: MONAI Label routes this app cannot serve answered 500. The whole-slide (pathology)
+    inference routes (a CT volume app has no WSI model; a request without an image, or with a malformed
+    ``wsi`` form, was a 500 "Neither Image nor File...") and ``/logs/gpu`` on a machine without
+    nvidia-smi (FileNotFoundError) get 404 with the reason."""
+
+    WSI = re.compile(r".*/infer/wsi(_v2)?/[^/]*/?\Z")
+    GPU = re.compile(r".*/logs/gpu/?\Z")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            path = scope.get("path", "")
+            if scope["method"] == "POST" and self.WSI.match(path):
+                return await _answer(send, 404, "this app segments CT volumes and has no whole-slide (WSI) model; "
+                                                "infer with POST /infer/{model}")
+            if self.GPU.match(path) and not shutil.which("nvidia-smi"):
+                return await _answer(send, 404, "this server has no NVIDIA GPU (nvidia-smi not found)")
+        return await self.app(scope, receive, send)
 
 
 class _JWTWithAlgorithms:
@@ -229,10 +256,13 @@ def _remove_after_sending(module, name) -> None:
     setattr(module, name, sent_then_removed)
 
 
+MAX_LOG_LINES = 1_000_000  # GET /logs/?lines=...: more overflowed MONAI Label's line buffer (500)
+
+
 def install(app_instance, max_upload_bytes: int) -> None:
     """Put the checks in front of MONAI Label's endpoints (idempotent)."""
     import monailabel.app as server
-    from monailabel.endpoints import activelearning, batch_infer, datastore, infer, model, scoring, session, train
+    from monailabel.endpoints import activelearning, batch_infer, datastore, infer, logs, model, scoring, session, train
 
     infer_signature = inspect.signature(infer.run_inference)
 
@@ -310,7 +340,7 @@ def install(app_instance, max_upload_bytes: int) -> None:
     def model_upload_check(background_tasks, model, file, *a, **k):
         """A model upload replaced the weights with whatever was sent (7 bytes of text: every later
         request failed): it must load as this app's checkpoint, of the network in place."""
-        from lib.model_io import load_checkpoint
+        from lib.model_io import keep_previous, load_checkpoint
 
         check_model(model, app_instance._infers)
         try:  # from the upload itself (torch reads file objects); MONAI Label then copies it into place
@@ -323,15 +353,17 @@ def install(app_instance, max_upload_bytes: int) -> None:
         if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):
             raise HTTPException(status_code=400, detail="the upload has NaN or infinite weights")
         previous = app_instance.model_file(model, validate=False)
-        if previous and os.path.exists(previous):
-            try:  # its header only: no network built
-                before = torch.load(previous, map_location="cpu", weights_only=True)
-            except Exception:
-                return  # the file in place is broken: any valid checkpoint may replace it
-            got, want = [tuple(c.get(k) for k in ("arch", "preset", "in_channels")) for c in (ckpt, before)]
-            if got != want:
-                raise HTTPException(status_code=400, detail=f"the upload is a {got} network (arch, preset, input "
-                                                            f"channels); {os.path.basename(previous)} is {want}")
+        if not previous or not os.path.exists(previous):
+            return
+        try:  # its header only: no network built
+            before = torch.load(previous, map_location="cpu", weights_only=True)
+        except Exception:
+            before = None  # the file in place is broken: any valid checkpoint may replace it
+        got, want = [tuple(c.get(k) for k in ("arch", "preset", "in_channels")) for c in (ckpt, before or ckpt)]
+        if got != want:
+            raise HTTPException(status_code=400, detail=f"the upload is a {got} network (arch, preset, input "
+                                                        f"channels); {os.path.basename(previous)} is {want}")
+        keep_previous(previous)  # MONAI Label copies the upload over it next: kept for a roll-back
 
     def session_upload_check(background_tasks, uncompress=False, expiry=0, files=(), *a, **k):
         """An upload to be unpacked that is no archive answered 500 ("Unknown archive format") and left its
@@ -357,6 +389,10 @@ def install(app_instance, max_upload_bytes: int) -> None:
             raise HTTPException(status_code=400, detail="this session holds several files: there is no one image "
                                                         "to download")
 
+    def log_lines_check(logger_file, lines, *a, **k):
+        if lines is not None and lines > MAX_LOG_LINES:
+            raise HTTPException(status_code=400, detail=f"lines: at most {MAX_LOG_LINES} (0 for the whole log file)")
+
     from monailabel.endpoints.user import auth
 
     if not isinstance(auth.jwt, _JWTWithAlgorithms):
@@ -376,6 +412,7 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(model, "update_model", model_upload_check)
     _wrap(session, "create_session", session_upload_check)
     _wrap(session, "get_session", session_image_check)
+    _wrap(logs, "get_logs", log_lines_check)
 
     async def dicomweb_unreachable(request, exc):
         return JSONResponse(status_code=503, content={
@@ -388,10 +425,10 @@ def install(app_instance, max_upload_bytes: int) -> None:
 
     stack = server.app.middleware_stack
     if stack is not None and not isinstance(stack, UploadLimit):
-        server.app.middleware_stack = UploadLimit(stack, max_upload_bytes)
+        server.app.middleware_stack = UploadLimit(Unserved(stack), max_upload_bytes)
     elif stack is None:  # not started yet: Starlette builds the stack on the first call
         build = server.app.build_middleware_stack
-        server.app.build_middleware_stack = lambda: UploadLimit(build(), max_upload_bytes)
+        server.app.build_middleware_stack = lambda: UploadLimit(Unserved(build()), max_upload_bytes)
     logger.info(f"request guard installed: uploads up to {max_upload_bytes} bytes")
 
 

@@ -46,7 +46,7 @@ from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 
 from lib.conf import PUBLISH_MODES, AppConf, as_bool, check_switch, parse_choice
 from lib.datastore import atomic_write
-from lib.model_io import ModelCache, ModelNotReadyError, load_checkpoint, save_checkpoint
+from lib.model_io import ModelCache, ModelNotReadyError, keep_previous, load_checkpoint, save_checkpoint
 from lib.networks import build_network
 from lib.settings import HU_WINDOW, LABELS, NUM_CLASSES, PRESETS, model_filename
 from lib.transforms.inference import class_probs, predict_slices
@@ -539,11 +539,8 @@ class WeightAverage:
                            f"{self.score:.4f}, below the model in place before the run ({progress.baseline:.4f}): "
                            "not published (publish: better)")
             return
-        save_checkpoint(
-            self.task.publish_file, self.model.module, self.task.arch, self.task.preset, self.task.in_channels,
-            meta=checkpoint_meta(self.task, ctx, epoch=engine.state.epoch, swa_epochs=self.epochs,
-                                 val_mean_dice=self.score),
-        )
+        progress.publish(self.model.module, checkpoint_meta(self.task, ctx, epoch=engine.state.epoch,
+                                                            swa_epochs=self.epochs, val_mean_dice=self.score))
         self.published = True
         logger.info(f"[{self.task.task}] published the average of epochs {self.epochs[0]}-{self.epochs[-1]} "
                     f"({len(self.epochs)} epochs"
@@ -565,8 +562,18 @@ class TrainingProgress:
         self.swa: Optional[WeightAverage] = None
         self.baseline: Optional[float] = None  # the validation score of the model in place before the run
         self._validating_other_weights = False
+        self.kept_previous = False
         # the stats and curve of the model in place: put back if this run keeps that model (publish: better)
         self.previous = {f: Path(f).read_bytes() for f in (task._stats_path, self.curve_path) if os.path.exists(f)}
+
+    def publish(self, network, meta) -> None:
+        """Publish ``network`` in place; the model it replaces first in this run is kept as
+        ``<model>.previous`` (a round's later epochs replace the run's own earlier ones)."""
+        if not self.kept_previous:
+            keep_previous(self.task.publish_file)
+            self.kept_previous = True
+        save_checkpoint(self.task.publish_file, network, self.task.arch, self.task.preset, self.task.in_channels,
+                        meta=meta)
 
     def on_started(self, engine):
         """With ``publish: better``, validate the model in place (if any) on this run's held-out volumes:
@@ -632,10 +639,7 @@ class TrainingProgress:
         published = False
         if self.best is None or score >= self.best:
             self.best = score
-            save_checkpoint(
-                self.task.publish_file, ctx.network, self.task.arch, self.task.preset, self.task.in_channels,
-                meta=checkpoint_meta(self.task, ctx, epoch=epoch, **{key: score}),
-            )
+            self.publish(ctx.network, checkpoint_meta(self.task, ctx, epoch=epoch, **{key: score}))
             published = True
         row["published"] = published
         logger.info(
