@@ -37,6 +37,9 @@ class Server:
         env["PATH"] = venv_bin + os.pathsep + env.get("PATH", "")  # monailabel runs `python` from PATH
         env["MONAI_LABEL_TRACKING_ENABLED"] = "false"
         env.update(extra_env or {})
+        if "TMPDIR" not in (extra_env or {}):  # what the server leaves in its temporary folder goes with the test's
+            env["TMPDIR"] = str(log.parent / f"{log.stem}_tmp")  # files (MONAI Label's logging config: one per start)
+            os.makedirs(env["TMPDIR"], exist_ok=True)
         cmd = [str(Path(venv_bin) / "monailabel"), "start_server", "--app", str(app_dir), "--studies", str(studies),
                "--host", "127.0.0.1", "--port", str(self.port)]
         for k, v in conf.items():
