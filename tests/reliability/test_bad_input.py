@@ -187,11 +187,15 @@ def test_label_that_does_not_fit_its_image_is_refused_and_nothing_is_lost(server
 
 def test_add_image_refuses_bad_volumes_and_overwrites(server, phantom_ct):
     vols = bad_volumes(phantom_ct)
-    for case in ("truncated .nii.gz", "2D image", "huge volume"):
-        data, name, status, _ = vols[case]
+    all_nan = nii_bytes(np.full(phantom_ct.image.shape, np.nan, np.float32))  # was added (header checks only)
+    vols["all NaN"] = (all_nan, "x.nii.gz", 400, "NaN")
+    vols["all NaN, .nii"] = (nii_bytes(np.full(phantom_ct.image.shape, np.inf, np.float32), gz=False), "x.nii", 400,
+                             "infinite")
+    for case in ("truncated .nii.gz", "2D image", "huge volume", "NaN voxels", "all NaN", "all NaN, .nii"):
+        data, name, status, words = vols[case]
         r = requests.put(f"{server.url}/datastore/image", params={"image": "new_case"},
                          files={"file": (name, io.BytesIO(data))}, timeout=60)
-        assert r.status_code == status, f"{case}: {r.text}"
+        assert r.status_code == status and words.lower() in r.text.lower(), f"{case}: {r.text}"
     assert "new_case" not in _labels(server)
     r = requests.put(f"{server.url}/datastore/image", params={"image": "ok"},
                      files={"file": ("ok.nii.gz", io.BytesIO(nii_bytes(phantom_ct.image.astype(np.int16))))}, timeout=60)
@@ -390,3 +394,24 @@ def test_session_uploads_that_cannot_be_unpacked_or_downloaded_get_400(server, p
     assert r.status_code == 400 and "several files" in r.text, r.text
     assert requests.get(f"{server.url}/session/{session_id}", timeout=60).status_code == 200
     requests.delete(f"{server.url}/session/{session_id}", timeout=60)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_float_volumes_are_checked_for_nan_across_read_chunks(tmp_path, gz):
+    """The finite-voxel check reads the file in chunks (CHUNK bytes): a NaN as the very last voxel of a
+    volume several chunks long is found, a finite float volume passes, a truncated one is refused."""
+    from lib.validation import CHUNK, InputError, check_volume_file
+
+    shape = (128, 128, CHUNK * 3 // (128 * 128 * 4) + 1)
+    vol = np.zeros(shape, np.float32)
+    path = tmp_path / ("v.nii.gz" if gz else "v.nii")
+    nib.save(nib.Nifti1Image(vol, AFFINE), str(path))
+    check_volume_file(str(path), max_voxels=10 ** 8)
+    vol[-1, -1, -1] = np.nan
+    nib.save(nib.Nifti1Image(vol, AFFINE), str(path))
+    with pytest.raises(InputError, match="1 NaN or infinite"):
+        check_volume_file(str(path), max_voxels=10 ** 8)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) - 1000])
+    with pytest.raises(InputError, match="truncated"):
+        check_volume_file(str(path), max_voxels=10 ** 8)

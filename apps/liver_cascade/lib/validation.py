@@ -38,6 +38,7 @@ class Geometry:
     data_bytes: Optional[int]  # uncompressed voxel bytes the header promises
     data_offset: int  # where the voxels start in the (uncompressed) stream
     components: int = 1  # values per voxel (a multi-layer Slicer .seg.nrrd has one per layer)
+    dtype: Optional[np.dtype] = None  # the voxels' type as stored, byte order included (NIfTI)
 
 
 def _reason(e: Exception, path: str) -> str:
@@ -63,7 +64,8 @@ def _nifti_geometry(path: str) -> Geometry:
         raw = type(hdr).from_fileobj(f, check=False)
     pixdim = tuple(float(v) for v in raw["pixdim"][1 : 1 + max(len(shape), 1)])
     nbytes = int(np.prod(shape)) * np.dtype(hdr.get_data_dtype()).itemsize if shape else 0
-    return Geometry(shape, img.affine, pixdim, nbytes, int(hdr.get_data_offset()))
+    # the offset as written (the loaded image's header copy reports 0)
+    return Geometry(shape, img.affine, pixdim, nbytes, int(raw.get_data_offset()), dtype=raw.get_data_dtype())
 
 
 def _itk_geometry(path: str) -> Geometry:
@@ -97,25 +99,34 @@ def read_geometry(path: str) -> Geometry:
 
 
 def _check_complete(path: str, g: Geometry):
-    """The file holds all the voxels its header promises (a truncated upload is caught here)."""
+    """The file holds all the voxels its header promises (a truncated upload is caught here), and a
+    floating-point volume's voxels are all finite: an image of NaNs was added to the datastore and
+    refused only when segmented."""
     if g.data_bytes is None:
         return
     need = g.data_offset + g.data_bytes
-    if _is_gz(path):
-        n = 0
+    floats = g.dtype is not None and g.dtype.kind == "f"
+    gz = _is_gz(path)
+    if not gz and not floats:
+        n = os.path.getsize(path)
+    else:
+        n, bad, pending = 0, 0, b""
         try:
-            with gzip.open(path, "rb") as f:
-                while True:
+            with gzip.open(path, "rb") if gz else open(path, "rb") as f:
+                while n < need:
                     b = f.read(CHUNK)
                     if not b:
                         break
+                    if floats:  # the voxel bytes of this chunk, whole values only (the rest waits)
+                        pending += b[max(0, g.data_offset - n):max(0, need - n)]
+                        whole = len(pending) - len(pending) % g.dtype.itemsize
+                        bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(pending[:whole], g.dtype))))
+                        pending = pending[whole:]
                     n += len(b)
-                    if n >= need:
-                        break
         except (EOFError, OSError, zlib.error) as e:
             raise InputError(f"the compressed file is truncated or corrupt ({_reason(e, path)})") from e
-    else:
-        n = os.path.getsize(path)
+        if n >= need and bad:
+            raise InputError(f"the image has {bad} NaN or infinite voxel(s); fix or resample it first")
     if n < need:
         raise InputError(f"the file is truncated: {n} bytes of image data where the header promises {need}")
 
