@@ -415,3 +415,16 @@ def test_float_volumes_are_checked_for_nan_across_read_chunks(tmp_path, gz):
     path.write_bytes(raw[: len(raw) - 1000])
     with pytest.raises(InputError, match="truncated"):
         check_volume_file(str(path), max_voxels=10 ** 8)
+
+
+def test_a_file_missing_fewer_bytes_than_its_header_is_refused(tmp_path):
+    """The completeness check counted from offset 0 (nibabel's loaded header copy), so a file missing up to
+    352 bytes (its header's size) at the end passed."""
+    from lib.validation import InputError, check_volume_file
+
+    path = tmp_path / "v.nii"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 8), np.int16), AFFINE), str(path))
+    check_volume_file(str(path), max_voxels=10 ** 8)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match="truncated"):
+        check_volume_file(str(path), max_voxels=10 ** 8)
