@@ -14,6 +14,7 @@ import threading
 from typing import Dict, Tuple
 
 import lib.configs
+import requests
 import torch
 from fastapi import HTTPException
 from monailabel.config import settings
@@ -31,7 +32,7 @@ from lib import lifecycle
 from lib.activelearning.random import RandomStrategy
 from lib.conf import AppConf
 from lib.datastore import SafeLocalDatastore
-from lib.dicomweb import create_dicomweb_datastore
+from lib.dicomweb import LiverDICOMWebDatastore, create_dicomweb_datastore
 from lib.infers import InvalidRequestError
 from lib.model_io import ModelNotReadyError
 from lib.ohif import serve_ohif_nested_paths
@@ -182,7 +183,15 @@ class LiverCascadeApp(MONAILabelApp):
                 logger.info("scoring: models, images and labels unchanged since the last run; not re-scored")
                 return {}
             self._scored_stamp = stamp
-        return super().async_scoring(method, params)
+        try:
+            return super().async_scoring(method, params)
+        except requests.RequestException as e:
+            if method is not None:
+                raise
+            # at start-up (or after Next Sample) with the DICOMweb server unreachable: the server starts,
+            # answers 503 until it is back, and scores on a later Next Sample (it exited at start)
+            logger.warning(f"scoring skipped: the DICOMweb server is unreachable ({type(e).__name__})")
+            return {}
 
     def infer(self, request, datastore=None):
         """MONAI Label's infer, with clear HTTP errors for what the caller can fix."""
@@ -190,7 +199,7 @@ class LiverCascadeApp(MONAILabelApp):
         check_infer_request(request)
         ds = datastore if datastore else self.datastore()
         path, uploaded = self._input_path(request.get("image"), ds)
-        if (isinstance(ds, SafeLocalDatastore) and not uploaded
+        if (isinstance(ds, (SafeLocalDatastore, LiverDICOMWebDatastore)) and not uploaded
                 and not ds.get_label_by_image_id(request.get("image"), DefaultLabelTag.FINAL)):
             # keep the model's prediction as the 'original' label, so that the
             # correction_dice scoring can tell how much the annotator changed it; not once the image

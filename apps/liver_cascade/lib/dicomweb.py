@@ -25,25 +25,37 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pydicom
 import pydicom_seg
+import requests
 import SimpleITK as sitk
 from cachetools import TTLCache
+from filelock import FileLock
 from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
-from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
 from fastapi import HTTPException
 from pydicom.dataset import Dataset
 
+from lib.datastore import check_name
 from lib.settings import BACKGROUND, LABEL_COLORS, LABELS
 from lib.validation import InputError, check_label_matches
 
 logger = logging.getLogger(__name__)
 
 LIST_CACHE_SECONDS = 10
+# (connect, read) seconds for every DICOMweb request: a stalled server (accepting connections, never
+# answering) hung the whole MONAI Label server with no limit; now it is a 503 (lib/server_guard.py)
+# after the 3 attempts dicomweb_client makes (about 31 s). The read timeout is the longest wait for the
+# next bytes of an answer, not for the whole download.
+DICOMWEB_TIMEOUT_S = (3.05, 10)
 # ContentDescription of the SEGs this app writes: such a SEG is a whole label (both structures).
 FINAL_LABEL_CONTENT = "liver_cascade final label"
+SEG_SERIES_NUMBER = 300  # the first SEG saved for a series; each later one counts up
+# label info the cache derives from the series and its SEGs; a save request's other keys are kept
+SYNCED_INFO_KEYS = {"seg_series", "ts", "name", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
+                    "StudyTime", "Modality", "RetrieveURL"}
 
 # SNOMED CT codes for the SEG segments (category, type), as DICOM's CID 7150/7151/7153 use them.
 SEGMENT_CODES = {
@@ -52,17 +64,22 @@ SEGMENT_CODES = {
 }
 
 
+class _TimeoutSession(requests.Session):
+    """A session whose requests time out (DICOMWEB_TIMEOUT_S) unless the caller sets a timeout."""
+
+    def request(self, method, url, **kwargs):
+        kwargs.setdefault("timeout", DICOMWEB_TIMEOUT_S)
+        return super().request(method, url, **kwargs)
+
+
 def create_dicomweb_datastore(studies: str, cache_path: Optional[str] = None) -> "LiverDICOMWebDatastore":
     """The datastore for `--studies http://.../dicom-web`, without monailabel's dcmqi download.
 
     The local cache is `cache_path`, else MONAI Label's settings (MONAI_LABEL_DATASTORE_CACHE_PATH),
     else ~/.cache/monailabel/dicom/."""
-    from dicomweb_client.session_utils import create_session_from_user_pass
-
-    session = None
+    session = _TimeoutSession()
     if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
-        session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
-                                                settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+        session.auth = (settings.MONAI_LABEL_DICOMWEB_USERNAME, settings.MONAI_LABEL_DICOMWEB_PASSWORD)
     client = DICOMwebClientX(url=studies, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
                              wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
                              stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
@@ -141,7 +158,8 @@ def seg_to_label(seg_files: List[str], reference: sitk.Image) -> sitk.Image:
     return out
 
 
-def label_to_seg(label: sitk.Image, source_files: List[str], description: str) -> pydicom.Dataset:
+def label_to_seg(label: sitk.Image, source_files: List[str], description: str,
+                 series_number: int = None) -> pydicom.Dataset:
     """A DICOM SEG (one segment per label value present) referencing the source slices."""
     values = set(np.unique(sitk.GetArrayViewFromImage(label)).tolist()) - {BACKGROUND}
     unknown = values - set(LABELS.values())
@@ -170,7 +188,7 @@ def label_to_seg(label: sitk.Image, source_files: List[str], description: str) -
         "ClinicalTrialTimePointID": "1",
         "ClinicalTrialCoordinatingCenterName": "MONAI Label",
         "SeriesDescription": description,
-        "SeriesNumber": "300",
+        "SeriesNumber": str(series_number or SEG_SERIES_NUMBER),
         "InstanceNumber": "1",
         "BodyPartExamined": "ABDOMEN",
         "ContentLabel": "SEGMENTATION",
@@ -203,6 +221,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         self._seg_refs: Dict[str, dict] = {}  # SEG series uid -> referenced series, study, time (SEGs don't change)
         self._lists = TTLCache(maxsize=4, ttl=LIST_CACHE_SECONDS)
         self._lock = threading.RLock()
+        self._removing = set()  # images whose cached final label is being removed (its SEGs are gone)
 
     def _cached(self, key: str, compute):
         with self._lock:
@@ -221,15 +240,38 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         return folder
 
     def get_image_uri(self, image_id: str) -> str:
+        """The series as a NIfTI file in the local cache, fetched and converted on first use. The server
+        and its scoring or training processes share the cache: one of them fetches a series (a lock per
+        series), and the file appears whole (written aside, then renamed), never half-written to the
+        others (a scoring process read a series the server was still writing, and left it unranked)."""
         if image_id not in self.list_images():
             return ""
         nii = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
-        if not os.path.exists(nii):
-            series_dir = self._download(image_id)
-            with tempfile.TemporaryDirectory() as tmp:
-                LocalDatastore.add_image(self, image_id, series_to_nifti(series_dir, os.path.join(tmp, "image.nii.gz")),
-                                         self._dicom_info(image_id))
+        if os.path.exists(nii):
+            return nii
+        with FileLock(os.path.join(self._datastore_path, f".{image_id}.lock")):
+            if not os.path.exists(nii):  # not fetched by another process meanwhile
+                partial = os.path.join(self._datastore.image_path(), f".{image_id}.partial.nii.gz")
+                series_to_nifti(self._download(image_id), partial)
+                os.replace(partial, nii)
+                self._register_image(image_id, nii)
         return nii
+
+    def _register_image(self, image_id: str, nii: str) -> None:
+        """The cached series in the local index (LocalDatastore.add_image would copy the file again, in place)."""
+        info = dict(self._dicom_info(image_id), ts=int(time.time()), name=os.path.basename(nii))
+        with FileLock(self._lock_file):
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=".nii.gz"))
+            self._update_datastore_file(lock=False)
+
+    def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
+        raise HTTPException(status_code=405, detail="the images of a DICOMweb datastore are the series of the "
+                                                    "DICOMweb server: store the series there (e.g. Orthanc's upload); "
+                                                    "nothing was added")
+
+    def remove_image(self, image_id: str) -> None:
+        raise HTTPException(status_code=405, detail="the images of a DICOMweb datastore are the series of the "
+                                                    "DICOMweb server: delete the series there; nothing was removed")
 
     def list_images(self) -> List[str]:
         def search():
@@ -262,10 +304,13 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         """The local cache's listing (``GET /datastore/?output=all``), completed with every series of the
         DICOMweb server: those not fetched yet are listed too (``"fetched": false``), with the SEG series
         that make their final label. (MONAI Label lists only the cache: no series right after start.)"""
+        segs = self._fresh_segs()
+        self._prune_finals(segs)
         out = LocalDatastore.json(self)
-        objects = out.setdefault("objects", {})
-        segs = self._cached("segs", self._segs_by_image)  # one QIDO query per LIST_CACHE_SECONDS, as the lists
-        for uid in self.list_images():
+        series = self.list_images()
+        # series deleted on the server are not listed from the cache
+        objects = out["objects"] = {k: v for k, v in out.get("objects", {}).items() if k in set(series)}
+        for uid in series:
             obj = objects.setdefault(uid, {"image": {"ext": ".nii.gz", "info": {"fetched": False}}, "labels": {}})
             labels = obj.setdefault("labels", {})
             final = DefaultLabelTag.FINAL.value
@@ -297,29 +342,64 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
         image_id = image_id or label_id
-        if label_tag == DefaultLabelTag.FINAL:
-            segs = self._segs_by_image().get(image_id)
-            if segs:
-                return self.sync_label(image_id, segs)
+        if label_tag == DefaultLabelTag.FINAL and image_id not in self._removing:
+            segs = self._segs_by_image()
+            if segs.get(image_id):
+                return self.sync_label(image_id, segs[image_id])
+            self._prune_finals(segs)  # its SEGs were deleted on the server: no final label
+            return ""
         return LocalDatastore.get_label_uri(self, label_id, label_tag)
+
+    def _prune_finals(self, segs: Dict[str, List[str]]) -> None:
+        """Remove the cached final labels whose SEGs were deleted from the server (the way USAGE gives to
+        delete one): they were still served and listed until the next training."""
+        for image_id in LocalDatastore.get_labeled_images(self):
+            if image_id not in segs:
+                logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
+                self._removing.add(image_id)  # LocalDatastore.remove_label asks get_label_uri for the file
+                try:
+                    LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
+                finally:
+                    self._removing.discard(image_id)
 
     def _download_labeled_data(self):
         segs = self._segs_by_image()
-        for image_id in LocalDatastore.get_labeled_images(self):
-            if image_id not in segs:  # its SEG was deleted from the server
-                logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
-                LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
+        self._prune_finals(segs)
         for image_id, uids in segs.items():
             self.sync_label(image_id, uids)
 
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        """A final label is the series' SEGs on the server (cached or not yet); other tags are local."""
+        if tag == DefaultLabelTag.FINAL:
+            return image_id if image_id in self._cached("segs", self._segs_by_image) else ""
+        return LocalDatastore.get_label_by_image_id(self, image_id, tag)
+
+    def status(self) -> Dict[str, Any]:
+        self._prune_finals(self._fresh_segs())
+        return super().status()
+
+    def _fresh_segs(self) -> Dict[str, List[str]]:
+        """The SEGs on the server now (one QIDO query), also for the cached lookups: a final label is
+        removed from the cache only on a fresh answer (a stale one removed a label just synced)."""
+        segs = self._segs_by_image()
+        with self._lock:
+            self._lists["segs"] = segs
+        return segs
+
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
                    label_id: str = "") -> str:
+        check_name(label_tag, "label tag")  # a tag is a folder of the cache: "../x" wrote outside it
         image_uri = self.get_image_uri(image_id)
         if not image_uri:
             raise HTTPException(status_code=404, detail=f"image {image_id!r} is not a series of {self.name()}; "
                                                         "label not saved")
         tmp = None
         if "".join(Path(label_filename).suffixes) == ".bin":  # OHIF sends the raw voxel array
+            voxels = int(np.prod(sitk.ReadImage(image_uri).GetSize()))
+            if os.path.getsize(label_filename) != voxels:  # one byte per voxel; else a reshape error (500)
+                raise HTTPException(status_code=400, detail=f"label not saved: the .bin label has "
+                                                            f"{os.path.getsize(label_filename)} bytes; the series has "
+                                                            f"{voxels} voxels (one uint8 value each)")
             label_filename = tmp = binary_to_image(image_uri, label_filename)
         try:
             try:  # as the local datastore: on the series' grid, values 0/1/2; nothing is stored otherwise
@@ -332,8 +412,11 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             # the grids match (checked): resampling puts the label in the series' voxel order
             label = sitk.Resample(sitk.ReadImage(label_filename), reference, sitk.Transform(),
                                   sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            try:
-                dcm = label_to_seg(label, axial_series_files(self._download(image_id)), "liver_cascade")
+            earlier = len(self._segs_by_image().get(image_id, []))
+            try:  # numbered and dated: each save is a new SEG series, told apart in the viewer's list
+                dcm = label_to_seg(label, axial_series_files(self._download(image_id)),
+                                   f"liver_cascade final label {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                   series_number=SEG_SERIES_NUMBER + earlier)
             except ValueError as e:  # an empty label: nothing to store as DICOM SEG
                 raise HTTPException(status_code=400, detail=f"label not saved: {e}") from e
             self._client.store_instances([dcm])
@@ -344,12 +427,16 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
                 self._lists.clear()
             logger.info(f"{image_id}: final label stored as DICOM SEG series {seg_uid}")
             self.sync_label(image_id, self._segs_by_image()[image_id])  # read back from the server
+            extra = {k: v for k, v in (label_info or {}).items() if k not in SYNCED_INFO_KEYS}
+            if extra:  # the request's label info (the SEG carries the label, not these)
+                LocalDatastore.update_label_info(self, image_id, DefaultLabelTag.FINAL, extra)
             return image_id
         finally:
             if tmp:
                 os.unlink(tmp)
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
+        check_name(label_tag, "label tag")
         if label_tag == DefaultLabelTag.FINAL:  # a final label is a SEG in the DICOMweb server: not ours to delete
             raise HTTPException(status_code=501, detail="final labels are DICOM SEG series in the DICOMweb server; "
                                                         "delete the SEG series there (e.g. Orthanc's interface)")

@@ -300,6 +300,12 @@ class LiverSegmentation(BasicInferTask):
         check_result_extension(request.get("result_extension") or ".nii.gz")
         if self.cascade:
             check_points_in(request, request.get("image"))
+        else:
+            ignored = [k for k in ("foreground", "background", "label") if request.get(k)]
+            if ignored:  # accepted and silently without effect before
+                request = {**request, "notes": list(request.get("notes") or []) + [
+                    f"{' and '.join(ignored)} ignored: {self.task_name} takes no clicks or corrected liver; "
+                    f"send them to liver_cascade"]}
         if "batch_size" in request:
             try:
                 if int(request["batch_size"]) < 1 or int(request["batch_size"]) != float(request["batch_size"]):

@@ -1,0 +1,209 @@
+"""Editing a DICOMweb datastore through MONAI Label, as a DICOMweb black-box round did: label tags that
+leave the cache, OHIF .bin labels of the wrong size, images added or removed, SEGs deleted in Orthanc,
+correction scoring, a stalled or absent Orthanc, and processes sharing the series cache.
+
+Own Orthanc and server per module (the session's are shared by tests/viewers/test_dicomweb.py)."""
+
+import io
+import json
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+import requests
+from dicomweb_helpers import helpers, require_orthanc, series_uid
+
+from lib.dicomweb import LIST_CACHE_SECONDS, SEG_SERIES_NUMBER
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, phantom_series):
+    """Orthanc with the two phantom series, and a server with the demo weights on it."""
+    from orthanc_server import OrthancServer
+
+    require_orthanc()
+    base = tmp_path_factory.mktemp("dicomweb_edits")
+    orthanc = OrthancServer(helpers.free_port(), base / "orthanc", log=base / "orthanc.log").start()
+    orthanc.upload([phantom_series[0] / "dicom"])
+    app = helpers.copy_app(base / "app", with_weights=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONAI_LABEL_DATASTORE_CACHE_PATH", str(base / "cache"))
+        mp.setenv("MONAI_LABEL_AUTO_UPDATE_SCORING", "false")
+        server = helpers.Server(app, orthanc.dicomweb, {"models": "liver_resnet,liver_cascade"}, base / "server.log")
+    server.orthanc, server.cache, server.app_dir = orthanc, base / "cache", app
+    yield server
+    server.stop()
+    orthanc.stop()
+
+
+def truth_bytes(phantom_series, name: str) -> bytes:
+    return (phantom_series[0] / "datastore" / "labels" / "final" / f"{name}.nii.gz").read_bytes()
+
+
+def put_label(site, uid, data: bytes, tag="final", filename="label.nii.gz", params=None):
+    files = {"label": (filename, io.BytesIO(data))}
+    if params is not None:
+        files["params"] = (None, json.dumps(params))
+    return requests.put(f"{site.url}/datastore/label", params={"image": uid, "tag": tag}, files=files, timeout=120)
+
+
+def cache_files(site):
+    return sorted((str(p.relative_to(site.cache)), p.stat().st_size) for p in site.cache.rglob("*")
+                  if p.is_file() and p.suffix != ".lock")
+
+
+def test_label_tags_that_leave_the_cache_are_refused(site, phantom_series, tmp_path):
+    """`tag=..` replaced the cached CT with the label; `tag=../../x` wrote outside the cache (200)."""
+    uid = series_uid(phantom_series, "phantom_000")
+    assert requests.post(f"{site.url}/infer/liver_resnet", params={"image": uid}, timeout=300).status_code == 200
+    before = cache_files(site)
+    outside = tmp_path / "escape"
+    for tag in ("..", "../final", f"../../../../../../../..{outside}", "a/../..", "final/.."):
+        r = put_label(site, uid, truth_bytes(phantom_series, "phantom_000"), tag=tag)
+        assert r.status_code == 400 and "label tag" in r.text, (tag, r.status_code, r.text[:300])
+    assert cache_files(site) == before and not outside.exists()
+    r = requests.delete(f"{site.url}/datastore/label", params={"id": uid, "tag": ".."}, timeout=60)
+    assert r.status_code == 400
+    assert requests.post(f"{site.url}/infer/liver_resnet", params={"image": uid}, timeout=300).status_code == 200
+
+
+def test_an_ohif_bin_label_of_the_wrong_size_gets_400(site, phantom_series):
+    """OHIF sends a label as raw uint8 voxels (.bin): a wrong-sized one answered 500 (a reshape error)."""
+    uid = series_uid(phantom_series, "phantom_000")
+    shape = phantom_series[1]["phantom_000"]["shape"]
+    r = put_label(site, uid, bytes(int(np.prod(shape)) // 2), filename="label.bin")
+    assert r.status_code == 400 and "voxels" in r.text, r.text[:300]
+    assert not site.orthanc.instance_files("SEG")
+
+
+def test_images_are_added_and_removed_in_orthanc_only(site, phantom_series):
+    """Adding answered 200 but the image could not be segmented (404); removing only cleared the cache (200)."""
+    volume = (phantom_series[0] / "datastore" / "phantom_000.nii.gz").read_bytes()
+    r = requests.put(f"{site.url}/datastore/", params={"image": "newimg"},
+                     files={"file": ("ct.nii.gz", io.BytesIO(volume))}, timeout=60)
+    assert r.status_code == 405 and "Orthanc" in r.text, r.text[:300]
+    uid = series_uid(phantom_series, "phantom_001")
+    r = requests.delete(f"{site.url}/datastore/", params={"id": uid}, timeout=60)
+    assert r.status_code == 405, r.text[:300]
+    objects = requests.get(f"{site.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+    assert "newimg" not in objects and uid in objects
+
+
+def test_saves_scoring_and_a_seg_deleted_in_orthanc(site, phantom_series):
+    """Each save is a numbered, dated SEG series, with the request's label info; correction_dice scores
+    on DICOMweb (it recorded nothing: no 'original' label was kept); a SEG deleted in Orthanc is neither
+    served nor listed any more (it was, until the next training)."""
+    uid = series_uid(phantom_series, "phantom_001")
+    r = requests.post(f"{site.url}/infer/liver_cascade", params={"image": uid}, timeout=300)
+    assert r.status_code == 200
+    for n in range(2):
+        r = put_label(site, uid, truth_bytes(phantom_series, "phantom_001"), params={"annotator": f"alice{n}"})
+        assert r.status_code == 200, r.text[:300]
+    segs = sorted((int(s["00200011"]["Value"][0]), s["0008103E"]["Value"][0]) for s in site.orthanc.series("SEG"))
+    assert [n for n, _ in segs] == [SEG_SERIES_NUMBER, SEG_SERIES_NUMBER + 1]
+    assert all(d.startswith("liver_cascade final label 20") for _, d in segs)
+    objects = requests.get(f"{site.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+    assert objects[uid]["labels"]["final"]["info"]["annotator"] == "alice1"
+    r = requests.post(f"{site.url}/scoring/correction_dice", params={"run_sync": "true"}, timeout=300)
+    assert r.status_code == 200, r.text[:300]
+    dice = requests.get(f"{site.url}/datastore/image/info", params={"image": uid}, timeout=60).json()["correction_dice"]
+    assert 0 < dice["liver"] <= 1 and dice["model"]
+
+    for sid in requests.post(f"{site.orthanc.url}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"}},
+                             timeout=30).json():
+        requests.delete(f"{site.orthanc.url}/series/{sid}", timeout=30).raise_for_status()
+    time.sleep(LIST_CACHE_SECONDS + 1)
+    r = requests.get(f"{site.url}/datastore/label", params={"label": uid, "tag": "final"}, timeout=60)
+    assert r.status_code == 404, r.status_code
+    objects = requests.get(f"{site.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
+    assert "final" not in objects[uid]["labels"]
+    stats = requests.get(f"{site.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+    assert stats["completed"] == 0 and stats["label_tags"].get("final", 0) == 0, stats
+
+
+def test_liver_resnet_says_it_ignores_clicks(site, phantom_series):
+    uid = series_uid(phantom_series, "phantom_000")
+    r = requests.post(f"{site.url}/infer/liver_resnet", params={"image": uid, "output": "json"}, timeout=300,
+                      files={"params": (None, json.dumps({"foreground": [[80, 80, 8]]}))})
+    assert r.status_code == 200 and "liver_cascade" in " ".join(r.json()["notes"]), r.text[:300]
+
+
+def test_processes_sharing_the_cache_fetch_a_series_once_and_read_it_whole(tmp_path, site, phantom_series,
+                                                                          monkeypatch):
+    """The server and its scoring process both fetched a series into the cache at once, and one read it
+    half-written (an image left out of the ranking). Here two datastores on one cache (as the two
+    processes), with a slow conversion: the series is converted once, and both read it whole."""
+    import threading
+
+    import nibabel as nib
+
+    from lib import dicomweb
+
+    uid = series_uid(phantom_series, "phantom_001")
+    calls = []
+    convert = dicomweb.series_to_nifti
+
+    def slow(series_dir, out_file):
+        calls.append(out_file)
+        time.sleep(1.5)
+        return convert(series_dir, out_file)
+
+    monkeypatch.setattr(dicomweb, "series_to_nifti", slow)
+    stores = [dicomweb.create_dicomweb_datastore(site.orthanc.dicomweb, cache_path=str(tmp_path / "cache"))
+              for _ in range(2)]
+    sums, errors = [], []
+
+    def fetch(ds):
+        try:
+            sums.append(float(nib.load(ds.get_image_uri(uid)).get_fdata().sum()))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=fetch, args=(ds,)) for ds in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors and len(sums) == 2 and sums[0] == sums[1] != 0, (errors, sums)
+    assert len(calls) == 1, calls  # converted once
+    assert not [p for p in (tmp_path / "cache").rglob("*partial*")]  # nothing half-written left
+    reopened = dicomweb.create_dicomweb_datastore(site.orthanc.dicomweb, cache_path=str(tmp_path / "cache"))
+    assert uid in reopened._datastore.objects  # in the cache's index
+
+
+def test_a_stalled_or_absent_dicomweb_server(tmp_path, phantom_series):
+    """A stalled Orthanc (accepting connections, never answering) hung the server with no limit; with
+    Orthanc down the server did not start at all."""
+    from orthanc_server import OrthancServer
+
+    require_orthanc()
+    orthanc = OrthancServer(helpers.free_port(), tmp_path / "orthanc").start()
+    orthanc.upload([phantom_series[0] / "dicom" / "phantom_000"])
+    orthanc.stop()
+    app = helpers.untrained_app(tmp_path / "app")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MONAI_LABEL_DATASTORE_CACHE_PATH", str(tmp_path / "cache"))
+        server = helpers.Server(app, orthanc.dicomweb, {"models": "liver_resnet"}, tmp_path / "server.log",
+                                ready=(200, 503))  # starts; 503 until Orthanc is there
+    try:
+        r = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60)
+        assert r.status_code == 503 and "unreachable" in r.text
+        orthanc.start()
+        time.sleep(LIST_CACHE_SECONDS + 1)
+        r = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60)
+        assert r.status_code == 200 and r.json()["total"] == 1, r.text[:300]
+        os.kill(orthanc.proc.pid, signal.SIGSTOP)
+        try:
+            time.sleep(LIST_CACHE_SECONDS + 1)
+            t0 = time.time()
+            r = requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=120)
+            waited = time.time() - t0
+            assert r.status_code == 503 and waited < 40, (r.status_code, waited)
+        finally:
+            os.kill(orthanc.proc.pid, signal.SIGCONT)
+        assert requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).status_code == 200
+    finally:
+        server.stop()
+        orthanc.stop()
