@@ -15,6 +15,7 @@ What changes against monailabel 0.8.5's own DICOMWebDatastore:
 
 import logging
 import os
+import re
 import tempfile
 import threading
 import time
@@ -50,6 +51,14 @@ LIST_CACHE_SECONDS = 10
 # after the 3 attempts dicomweb_client makes (about 31 s). The read timeout is the longest wait for the
 # next bytes of an answer, not for the whole download.
 DICOMWEB_TIMEOUT_S = (3.05, 10)
+# after a request timed out or found no server, the next ones fail at once (503) for this long, then one
+# is let through to probe: the server waits on DICOMweb on its event loop, so a stalled Orthanc queued
+# every request behind 31 s waits, one after another
+DICOMWEB_RETRY_AFTER_S = 5.0
+# a DICOM UID (PS3.5 9.1): digits and dots, at most 64 characters. Series and SEGs with anything else
+# in their UID are ignored: a UID is a folder name of the cache ("../x" pointed outside it), and one
+# malformed SEG made every request fail (dicomweb_client refuses to query it: 500)
+DICOM_UID = re.compile(r"[0-9]+(\.[0-9]+)*\Z")
 # ContentDescription of the SEGs this app writes: such a SEG is a whole label (both structures).
 FINAL_LABEL_CONTENT = "liver_cascade final label"
 SEG_SERIES_NUMBER = 300  # the first SEG saved for a series; each later one counts up
@@ -64,12 +73,35 @@ SEGMENT_CODES = {
 }
 
 
+def is_uid(value) -> bool:
+    return isinstance(value, str) and len(value) <= 64 and bool(DICOM_UID.match(value))
+
+
+def _series_number(meta: Dataset) -> int:
+    try:
+        return int(meta.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
 class _TimeoutSession(requests.Session):
-    """A session whose requests time out (DICOMWEB_TIMEOUT_S) unless the caller sets a timeout."""
+    """A session whose requests time out (DICOMWEB_TIMEOUT_S) unless the caller sets a timeout, and
+    fail at once for DICOMWEB_RETRY_AFTER_S after one found the server stalled or down."""
+
+    def __init__(self):
+        super().__init__()
+        self._down_until = 0.0
 
     def request(self, method, url, **kwargs):
         kwargs.setdefault("timeout", DICOMWEB_TIMEOUT_S)
-        return super().request(method, url, **kwargs)
+        if time.monotonic() < self._down_until:
+            raise requests.exceptions.ConnectionError("the DICOMweb server did not answer a moment ago; "
+                                                      f"asked again after {DICOMWEB_RETRY_AFTER_S:g} s")
+        try:
+            return super().request(method, url, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
+            self._down_until = time.monotonic() + DICOMWEB_RETRY_AFTER_S
+            raise
 
 
 def create_dicomweb_datastore(studies: str, cache_path: Optional[str] = None) -> "LiverDICOMWebDatastore":
@@ -204,7 +236,8 @@ def label_to_seg(label: sitk.Image, source_files: List[str], description: str,
     # it, then writes a new UID over it; strict readers then refuse to overlay the SEG)
     if frame_of_reference:
         dcm.FrameOfReferenceUID = frame_of_reference
-    now = time.strftime("%Y%m%d%H%M%S")
+    t = time.time()  # to the microsecond: two saves within a second are told apart (and ordered) by it
+    now = time.strftime("%Y%m%d%H%M%S", time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
     dcm.SeriesDate = dcm.ContentDate = now[:8]
     dcm.SeriesTime = dcm.ContentTime = now[8:]
     return dcm
@@ -222,6 +255,13 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         self._lists = TTLCache(maxsize=4, ttl=LIST_CACHE_SECONDS)
         self._lock = threading.RLock()
         self._removing = set()  # images whose cached final label is being removed (its SEGs are gone)
+        self._refresh_lock = threading.RLock()
+
+    def refresh(self):
+        """MONAI Label's reconcile of the cache's index with its files, one at a time: the file watcher's
+        thread runs it too, and two at once failed ("dictionary changed size during iteration")."""
+        with self._refresh_lock:
+            super().refresh()
 
     def _cached(self, key: str, compute):
         with self._lock:
@@ -230,6 +270,8 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             return self._lists[key]
 
     def _series_dir(self, series_uid: str, kind: str = "images") -> str:
+        if not is_uid(series_uid):  # list_images and _segs_by_image keep UIDs only; a last line of defence
+            raise HTTPException(status_code=400, detail=f"{series_uid!r} is not a DICOM series UID")
         base = self._datastore.image_path() if kind == "images" else os.path.join(self._datastore_path, ".segs")
         return os.path.realpath(os.path.join(base, series_uid))
 
@@ -249,9 +291,13 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         nii = os.path.realpath(os.path.join(self._datastore.image_path(), f"{image_id}.nii.gz"))
         if os.path.exists(nii):
             return nii
-        with FileLock(os.path.join(self._datastore_path, f".{image_id}.lock")):
+        series_dir = self._series_dir(image_id)
+        with FileLock(series_dir + ".lock"):
             if not os.path.exists(nii):  # not fetched by another process meanwhile
-                partial = os.path.join(self._datastore.image_path(), f".{image_id}.partial.nii.gz")
+                # written aside, in a folder the datastore's file watcher does not list, then renamed
+                partial_dir = os.path.join(self._datastore_path, ".partial")
+                os.makedirs(partial_dir, exist_ok=True)
+                partial = os.path.join(partial_dir, f"{image_id}.nii.gz")
                 series_to_nifti(self._download(image_id), partial)
                 os.replace(partial, nii)
                 self._register_image(image_id, nii)
@@ -276,7 +322,11 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
     def list_images(self) -> List[str]:
         def search():
             datasets = self._client.search_for_series(search_filters=self._search_filter)
-            return [str(Dataset.from_json(ds)["SeriesInstanceUID"].value) for ds in datasets]
+            uids = [str(Dataset.from_json(ds)["SeriesInstanceUID"].value) for ds in datasets]
+            bad = [u for u in uids if not is_uid(u)]
+            if bad:
+                logger.warning(f"series ignored, their SeriesInstanceUID is not a DICOM UID: {bad[:5]}")
+            return [u for u in uids if is_uid(u)]
 
         return self._cached("images", search)
 
@@ -285,20 +335,31 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         by_image: Dict[str, List[str]] = {}
         for ds in self._client.search_for_series(search_filters={"Modality": "SEG"}):
             seg = Dataset.from_json(ds)
-            uid, study = str(seg.SeriesInstanceUID), str(seg.StudyInstanceUID)
+            uid, study = str(seg.get("SeriesInstanceUID", "")), str(seg.get("StudyInstanceUID", ""))
+            if not (is_uid(uid) and is_uid(study)):
+                logger.warning(f"SEG series {uid[:80]!r} ignored: its UIDs are not DICOM UIDs")
+                continue
             if uid not in self._seg_refs:
-                meta = Dataset.from_json(self._client.retrieve_series_metadata(study, uid)[0])
+                try:
+                    meta = Dataset.from_json(self._client.retrieve_series_metadata(study, uid)[0])
+                except (ValueError, KeyError, IndexError, requests.HTTPError) as e:  # one bad SEG, not every request
+                    logger.warning(f"SEG series {uid} ignored: its metadata cannot be read ({type(e).__name__}: {e})")
+                    continue
                 refs = meta.get("ReferencedSeriesSequence")
                 self._seg_refs[uid] = {
                     "image": str(refs[0].SeriesInstanceUID) if refs else "",
                     "study": study,
                     "when": f"{meta.get('ContentDate', '')}{meta.get('ContentTime', '')}",
+                    "number": _series_number(meta),
+                    "ours": meta.get("ContentDescription") == FINAL_LABEL_CONTENT,
                 }
             ref = self._seg_refs[uid]
             if ref["image"]:
                 by_image.setdefault(ref["image"], []).append(uid)
         images = set(self.list_images())
-        return {k: sorted(v, key=lambda u: (self._seg_refs[u]["when"], u)) for k, v in by_image.items() if k in images}
+        # oldest first: by content date and time, then by our SEGs' series number (saves within one second)
+        return {k: sorted(v, key=lambda u: (self._seg_refs[u]["when"], self._seg_refs[u].get("number", 0), u))
+                for k, v in by_image.items() if k in images}
 
     def json(self):
         """The local cache's listing (``GET /datastore/?output=all``), completed with every series of the
@@ -337,6 +398,9 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             out = os.path.join(tmp, "label.nii.gz")
             sitk.WriteImage(seg_to_label(files, reference), out, True)
             info = dict(self._dicom_info(image_id), seg_series=seg_uids)
+            if seg_uids and (current.get("seg_series") or [None])[-1] == seg_uids[-1]:
+                # the newest SEG is the same (an older one was deleted): its save request's info stays
+                info.update({k: v for k, v in current.items() if k not in SYNCED_INFO_KEYS})
             LocalDatastore.save_label(self, image_id, out, DefaultLabelTag.FINAL, info)
         return LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
 
@@ -353,14 +417,16 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
     def _prune_finals(self, segs: Dict[str, List[str]]) -> None:
         """Remove the cached final labels whose SEGs were deleted from the server (the way USAGE gives to
         delete one): they were still served and listed until the next training."""
-        for image_id in LocalDatastore.get_labeled_images(self):
-            if image_id not in segs:
-                logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
-                self._removing.add(image_id)  # LocalDatastore.remove_label asks get_label_uri for the file
-                try:
-                    LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
-                finally:
-                    self._removing.discard(image_id)
+        gone = [i for i in LocalDatastore.get_labeled_images(self) if i not in segs]
+        for image_id in gone:
+            logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
+            self._removing.add(image_id)  # LocalDatastore.remove_label asks get_label_uri for the file
+            try:
+                LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
+            finally:
+                self._removing.discard(image_id)
+        if gone and self._auto_reload:  # the index now, not when the file watcher's event comes
+            self.refresh()
 
     def _download_labeled_data(self):
         segs = self._segs_by_image()
@@ -384,6 +450,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         segs = self._segs_by_image()
         with self._lock:
             self._lists["segs"] = segs
+            self._lists["labeled"] = sorted(segs)
         return segs
 
     def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
@@ -412,17 +479,19 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             # the grids match (checked): resampling puts the label in the series' voxel order
             label = sitk.Resample(sitk.ReadImage(label_filename), reference, sitk.Transform(),
                                   sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-            earlier = len(self._segs_by_image().get(image_id, []))
+            ours = [self._seg_refs[u].get("number", 0) for u in self._segs_by_image().get(image_id, [])
+                    if self._seg_refs[u].get("ours")]
             try:  # numbered and dated: each save is a new SEG series, told apart in the viewer's list
                 dcm = label_to_seg(label, axial_series_files(self._download(image_id)),
                                    f"liver_cascade final label {time.strftime('%Y-%m-%d %H:%M:%S')}",
-                                   series_number=SEG_SERIES_NUMBER + earlier)
+                                   series_number=max([SEG_SERIES_NUMBER - 1] + ours) + 1)
             except ValueError as e:  # an empty label: nothing to store as DICOM SEG
                 raise HTTPException(status_code=400, detail=f"label not saved: {e}") from e
             self._client.store_instances([dcm])
             seg_uid = str(dcm.SeriesInstanceUID)
             self._seg_refs[seg_uid] = {"image": image_id, "study": str(dcm.StudyInstanceUID),
-                                       "when": f"{dcm.ContentDate}{dcm.ContentTime}"}
+                                       "when": f"{dcm.ContentDate}{dcm.ContentTime}",
+                                       "number": int(dcm.SeriesNumber), "ours": True}
             with self._lock:
                 self._lists.clear()
             logger.info(f"{image_id}: final label stored as DICOM SEG series {seg_uid}")

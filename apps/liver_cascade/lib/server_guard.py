@@ -112,7 +112,9 @@ def check_infer_request(request) -> None:
     ``final`` replaced the annotator's label (a batch inference, every image's at once); an unknown
     logging level or ``skip_writer`` answered 500."""
     tag = request.get("label_tag")
-    if tag is not None and (not isinstance(tag, str) or tag.strip(" .").lower() == "final"):
+    if tag is not None and not isinstance(tag, str):
+        raise HTTPException(status_code=400, detail=f"label_tag must be a string, got {tag!r}")
+    if tag is not None and tag.strip(" .").lower() == "final":
         raise HTTPException(status_code=400, detail=f"label_tag {tag!r}: an inference is saved as the model's label "
                                                     "('original'), never as 'final'; save an annotator's label with "
                                                     "PUT /datastore/label")
@@ -315,7 +317,8 @@ def install(app_instance, max_upload_bytes: int) -> None:
     from lib.activelearning.uncertainty import OFFERS_KEY
     from lib.scoring import correction, uncertainty
 
-    reserved = {"ts", "name", "strategy", "user", "path", OFFERS_KEY, correction.INFO_KEY, uncertainty.INFO_KEY}
+    reserved = {"ts", "name", "strategy", "user", "path", OFFERS_KEY, correction.INFO_KEY, uncertainty.INFO_KEY,
+                "seg_series"}  # seg_series: the SEGs a DICOMweb final label was read from (lib/dicomweb.py)
 
     def parse_info(info) -> dict:
         value = parse_params(info, "info")  # the same JSON rules: an object
