@@ -9,13 +9,12 @@ when its modification time changes (the next request uses a new model).
 
 import json
 import os
-import shutil
-import tempfile
 import threading
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
+from lib.datastore import atomic_copy, atomic_write
 from lib.networks import build_network
 
 
@@ -31,15 +30,7 @@ def save_checkpoint(path: str, network: torch.nn.Module, arch: str, preset: str,
     meta = json.loads(json.dumps(meta or {}, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
     ckpt = {"model": state, "arch": arch, "preset": preset, "in_channels": in_channels, "meta": meta}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(ckpt, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the published model from other users and services
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(os.path.abspath(path), lambda out: torch.save(ckpt, out))  # readable by all, as shipped files
     return path
 
 
@@ -52,17 +43,8 @@ def keep_previous(path: str) -> Optional[str]:
     replaced last. Returns the copy's path, or None when there was no model in place."""
     if not os.path.exists(path):
         return None
-    backup = path + PREVIOUS_SUFFIX
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        shutil.copyfile(path, tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, backup)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return backup
+    atomic_copy(path, os.path.abspath(path) + PREVIOUS_SUFFIX)
+    return path + PREVIOUS_SUFFIX
 
 
 def load_checkpoint(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:

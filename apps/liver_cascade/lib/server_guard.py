@@ -153,15 +153,13 @@ class UploadLimit:
             try:
                 n = int(length)
             except ValueError:
-                return await self._answer(send, 400, "invalid Content-Length")
+                return await _answer(send, 400, "invalid Content-Length")
             if n > self.max_bytes:
-                return await self._answer(send, 413, f"request body of {n} bytes is over this server's limit of "
+                return await _answer(send, 413, f"request body of {n} bytes is over this server's limit of "
                                                      f"{self.max_bytes} bytes (--conf max_upload_mb)")
         elif chunked:
-            return await self._answer(send, 411, "send uploads with a Content-Length")
+            return await _answer(send, 411, "send uploads with a Content-Length")
         return await self.app(scope, receive, send)
-
-    _answer = staticmethod(_answer)
 
 
 class Unserved:
