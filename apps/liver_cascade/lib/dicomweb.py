@@ -36,12 +36,13 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 from monailabel.datastore.utils.convert import binary_to_image
 from monailabel.datastore.utils.dicom import dicom_web_download_series
 from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.utils.others.generic import remove_file
 from fastapi import HTTPException
 from pydicom.dataset import Dataset
 
 from lib.datastore import check_name
 from lib.settings import BACKGROUND, LABEL_COLORS, LABELS
-from lib.validation import InputError, check_label_matches
+from lib.validation import InputError, check_label_matches, read_geometry
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,6 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         self._seg_refs: Dict[str, dict] = {}  # SEG series uid -> referenced series, study, time (SEGs don't change)
         self._lists = TTLCache(maxsize=4, ttl=LIST_CACHE_SECONDS)
         self._lock = threading.RLock()
-        self._removing = set()  # images whose cached final label is being removed (its SEGs are gone)
         self._refresh_lock = threading.RLock()
 
     def refresh(self):
@@ -406,7 +406,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
         image_id = image_id or label_id
-        if label_tag == DefaultLabelTag.FINAL and image_id not in self._removing:
+        if label_tag == DefaultLabelTag.FINAL:
             segs = self._segs_by_image()
             if segs.get(image_id):
                 return self.sync_label(image_id, segs[image_id])
@@ -420,12 +420,8 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         gone = [i for i in LocalDatastore.get_labeled_images(self) if i not in segs]
         for image_id in gone:
             logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
-            self._removing.add(image_id)  # LocalDatastore.remove_label asks get_label_uri for the file
-            try:
-                LocalDatastore.remove_label(self, image_id, DefaultLabelTag.FINAL)
-            finally:
-                self._removing.discard(image_id)
-        if gone and self._auto_reload:  # the index now, not when the file watcher's event comes
+            remove_file(LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL))
+        if gone:  # the index now, not when the file watcher's event comes
             self.refresh()
 
     def _download_labeled_data(self):
@@ -462,7 +458,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
                                                         "label not saved")
         tmp = None
         if "".join(Path(label_filename).suffixes) == ".bin":  # OHIF sends the raw voxel array
-            voxels = int(np.prod(sitk.ReadImage(image_uri).GetSize()))
+            voxels = int(np.prod(read_geometry(image_uri).shape))  # the header only
             if os.path.getsize(label_filename) != voxels:  # one byte per voxel; else a reshape error (500)
                 raise HTTPException(status_code=400, detail=f"label not saved: the .bin label has "
                                                             f"{os.path.getsize(label_filename)} bytes; the series has "

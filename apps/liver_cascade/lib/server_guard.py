@@ -399,21 +399,17 @@ def install(app_instance, max_upload_bytes: int) -> None:
     if not isinstance(auth.jwt, _JWTWithAlgorithms):
         auth.jwt = _JWTWithAlgorithms(auth.jwt)
 
-    _wrap(infer, "run_inference", infer_check)
-    _wrap(activelearning, "sample", strategy_check)
-    _wrap(scoring, "run_method", scoring_check)
-    _wrap(datastore, "save_label", datastore_check)
-    _wrap(datastore, "add_image", datastore_check)
-    _wrap(train, "run_model", train_check)
-    _wrap(train, "run", train_all_check)
-    _wrap(batch_infer, "run", batch_check)
+    for module, name, check in (
+        (infer, "run_inference", infer_check), (activelearning, "sample", strategy_check),
+        (scoring, "run_method", scoring_check), (datastore, "save_label", datastore_check),
+        (datastore, "add_image", datastore_check), (train, "run_model", train_check), (train, "run", train_all_check),
+        (batch_infer, "run", batch_check), (datastore, "update_image_info", image_info_check),
+        (datastore, "update_label_info", label_info_check), (model, "update_model", model_upload_check),
+        (session, "create_session", session_upload_check), (session, "get_session", session_image_check),
+        (logs, "get_logs", log_lines_check),
+    ):
+        _wrap(module, name, check)
     _remove_after_sending(datastore, "download_dataset")
-    _wrap(datastore, "update_image_info", image_info_check)
-    _wrap(datastore, "update_label_info", label_info_check)
-    _wrap(model, "update_model", model_upload_check)
-    _wrap(session, "create_session", session_upload_check)
-    _wrap(session, "get_session", session_image_check)
-    _wrap(logs, "get_logs", log_lines_check)
 
     async def dicomweb_unreachable(request, exc):
         return JSONResponse(status_code=503, content={
