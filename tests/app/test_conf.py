@@ -85,9 +85,9 @@ def test_bad_conf_values_stop_the_server_with_the_settings_name(tmp_path):
     stopped it with a bare "could not convert string to float"."""
     ok = AppConf.from_conf({"adapt_bn": "yes", "stage2_roi": "off", "sample_hold_s": "30", "batch_size": "8",
                             "max_voxels": "1e6", "min_lesion_ml": "0"}, str(tmp_path))
-    assert ok.adapt_bn and not ok.stage2_roi and ok.sample_hold_s == 30.0 and ok.batch_size == 8
+    assert ok.adapt_bn and not ok.stage2_roi and ok.sample_hold_s == 30.0 and ok.batch_size == 8 and ok.grow_liver
     assert ok.max_voxels == 1_000_000 and isinstance(ok.max_voxels, int) and ok.min_lesion_ml == 0
-    for name, bad in (("adapt_bn", "ture"), ("stage2_roi", "maybe"), ("auto_train_on_save", "2"),
+    for name, bad in (("adapt_bn", "ture"), ("stage2_roi", "maybe"), ("grow_liver", "no way"), ("auto_train_on_save", "2"),
                       ("external_symlinks", ""), ("sample_hold_s", "abc"), ("sample_hold_s", "-5"),
                       ("sample_hold_s", "inf"), ("batch_size", "0"), ("batch_size", "2.5"), ("auto_train_epochs", "x"),
                       ("min_lesion_ml", "nan"), ("max_parallel_infers", "0"), ("max_upload_mb", "-1")):

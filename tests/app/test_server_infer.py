@@ -69,6 +69,7 @@ def test_info_lists_models_and_labels(server):
     assert info["models"]["liver_cascade"]["config"]["background_click"] == ["tissue", "island"]
     assert info["models"]["liver_cascade"]["config"]["crf"] == ["liver", "paper", "off"]
     assert info["models"]["liver_cascade"]["config"]["adapt_bn"] is False  # opt-in
+    assert info["models"]["liver_cascade"]["config"]["grow_liver"] is True  # the default
     assert info["labels"] == ["liver", "lesion"]
     model = server.app_dir / "model" / "liver_cascade_lite.pt"  # the live version, as the file says
     assert info["models"]["liver_cascade"]["model_mtimes"]["liver_cascade_lite.pt"] == model.stat().st_mtime
@@ -161,7 +162,8 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server):
     bad_crf = infer(server, "liver_cascade", "lps_odd", {"crf": "sometimes"})
     assert bad_crf.status_code == 400 and "crf" in bad_crf.text
     assert infer(server, "liver_cascade", "broken").status_code == 400
-    for bad in ({"fill_holes": "maybe"}, {"stage2_roi": "xyz"}, {"adapt_bn": "perhaps"}, {"foreground": [[600, 10, 5]]},
+    for bad in ({"fill_holes": "maybe"}, {"stage2_roi": "xyz"}, {"adapt_bn": "perhaps"}, {"grow_liver": "ok"},
+                {"foreground": [[600, 10, 5]]},
                 {"background": [[1e30, 0, 0]]}, {"scales": "2048"}):
         r = infer(server, "liver_cascade", "lps_odd", bad)
         assert r.status_code == 400 and next(iter(bad)) in r.text, (bad, r.status_code, r.text)

@@ -316,3 +316,91 @@ def test_keep_hu_stores_int16_from_any_input_dtype(dtype):
     img = torch.tensor([[[[0, 50], [200, 255]]]]).to(dtype)
     hu = KeepHUd()({"image": img})["image_hu"]
     assert hu.dtype == torch.int16 and hu.tolist() == [[[0, 50], [200, 255]]]
+
+
+def _grow_scene(seed=0):
+    """A 1 x 1 x 5 mm scene: fat, a liver (60 HU) with a hypodense lesion, a kidney (160 HU) and a muscle
+    (30 HU) touching it, and a spleen-like organ (60 HU) 40 mm away; CT-like noise (sd 8 HU)."""
+    rng = np.random.default_rng(seed)
+    hu = np.full((120, 120, 14), -100.0)
+    x, y = np.mgrid[:120, :120]
+    truth = np.zeros(hu.shape, bool)
+    truth[..., 2:12] = (((x - 50) / 30.0) ** 2 + ((y - 55) / 25.0) ** 2 < 1)[..., None]
+    hu[truth] = 60
+    kidney = np.zeros_like(truth)
+    kidney[..., 3:9] = (((x - 50) / 10.0) ** 2 + ((y - 88) / 8.0) ** 2 < 1)[..., None] & ~truth[..., 3:9]
+    hu[kidney] = 160
+    muscle = np.zeros_like(truth)
+    muscle[82:90, 30:80, :] = True
+    muscle &= ~truth
+    hu[muscle] = 30
+    spleen = np.zeros_like(truth)
+    spleen[..., 2:12] = ((x - 50) ** 2 + (y - 112) ** 2 < 36)[..., None]
+    hu[spleen] = 60
+    lesion = np.zeros_like(truth)
+    lesion[..., 5:8] = ((x - 45) ** 2 + (y - 50) ** 2 < 36)[..., None]
+    hu[lesion] = 20
+    hu += rng.normal(0, 8, hu.shape)
+    return hu.astype(np.int16), truth, lesion, kidney, muscle, spleen
+
+
+def test_grow_liver_finds_the_missed_edge_and_tips_and_only_liver_like_tissue():
+    from scipy import ndimage
+
+    from lib.transforms.transforms import grow_liver
+
+    hu, truth, lesion, kidney, muscle, spleen = _grow_scene()
+    # the network's liver: 3 mm short of the edge and missing the two slices at each end
+    label = np.zeros(truth.shape, np.uint8)
+    label[ndimage.binary_erosion(truth, np.ones((7, 7, 1)))] = 1
+    label[..., :4] = 0
+    label[..., 10:] = 0
+    label[lesion] = 2
+
+    def dice(a):
+        return 2 * (a & truth).sum() / (a.sum() + truth.sum())
+
+    grown = grow_liver(label, hu, (1.0, 1.0, 5.0))
+    assert dice(label > 0) < 0.8 and dice(grown > 0) > 0.95, (dice(label > 0), dice(grown > 0))
+    assert np.array_equal(grown == 2, label == 2)  # lesions as they were
+    assert not (grown > 0)[kidney | spleen].any()  # not the kidney (other HU), not the organ 40 mm away
+    assert (grown > 0)[muscle].sum() < 0.02 * muscle.sum()  # the muscle next to it: 30 HU, 4 noise sds off
+    assert np.array_equal(grown[label > 0], label[label > 0]) and set(np.unique(grown[grown != label])) <= {1}
+
+
+def test_grow_liver_reaches_no_further_than_max_mm_and_needs_a_liver_to_read():
+    from scipy import ndimage
+
+    from lib.transforms.transforms import grow_liver
+
+    hu, truth, lesion, *_ = _grow_scene(1)
+    label = np.zeros(truth.shape, np.uint8)
+    label[..., 7][truth[..., 7]] = 1  # one slice of liver: the rest is 5, 10, ... mm away from it
+    for max_mm, slices in ((4.0, {7}), (5.0, {6, 7, 8}), (10.0, {5, 6, 7, 8, 9})):
+        grown = grow_liver(label, hu, (1.0, 1.0, 5.0), max_mm=max_mm, min_ml=1.0)
+        assert set(np.flatnonzero(grown.any((0, 1)))) == slices, max_mm
+    far = ndimage.distance_transform_edt(label == 0, sampling=(1.0, 1.0, 5.0)) > 10.0
+    assert not grow_liver(label, hu, (1.0, 1.0, 5.0), max_mm=10.0, min_ml=1.0)[far].any()
+    # under min_ml of liver (this slice: about 11.6 mL) the label is returned unchanged; no liver at all too
+    assert np.array_equal(grow_liver(label, hu, (1.0, 1.0, 5.0), min_ml=20.0), label)
+    empty = np.zeros_like(label)
+    assert np.array_equal(grow_liver(empty, hu, (1.0, 1.0, 5.0)), empty)
+    # a liver of lesion only has no liver HU to read
+    assert np.array_equal(grow_liver(np.where(label > 0, 2, 0).astype(np.uint8), hu, (1.0, 1.0, 5.0)),
+                          np.where(label > 0, 2, 0))
+
+
+def test_grow_liverd_records_what_it_added_in_ml():
+    from monai.data import MetaTensor
+
+    from lib.transforms.transforms import GrowLiverd
+
+    hu, truth, *_ = _grow_scene(2)
+    label = np.zeros(truth.shape, np.uint8)
+    label[..., 4:10][truth[..., 4:10]] = 1
+    affine = np.diag([1.0, 1.0, 5.0, 1.0])
+    out = GrowLiverd(keys="pred")({"pred": MetaTensor(torch.from_numpy(label)[None], affine=torch.as_tensor(affine)),
+                                   "image_hu": torch.from_numpy(hu)})
+    added = (out["pred"][0].numpy() > 0).sum() - (label > 0).sum()
+    assert added > 1000 and out["liver_grown_ml"] == pytest.approx(added * 5.0 / 1000, abs=0.01)
+    assert isinstance(out["pred"], MetaTensor) and np.allclose(out["pred"].affine, affine)

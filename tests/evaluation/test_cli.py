@@ -31,11 +31,13 @@ def test_ablation_and_evaluate_commands(tmp_path):
     assert rows[4]["params"]["scales"].count(",") == 4  # the paper's five scales
     assert "| Cascaded ResNet + 3D-CRF |" in (out / "ablation.md").read_text()
     params = {r["method"]: r["params"] for r in rows}
-    assert params["Cascaded ResNet + 3D-CRF"] == {"crf": "paper", "adapt_bn": False}
-    assert params["Cascaded ResNet + liver CRF (default)"] == {"crf": "liver", "adapt_bn": False}
-    assert params["Cascaded ResNet + BN adaptation + liver CRF"] == {"crf": "liver", "adapt_bn": True}
-    # the paper's rows: no CRF, the training's batch-norm statistics
-    assert all(r["params"] == {"crf": "off", "adapt_bn": False} for r in rows[:3])
+    off = {"crf": "off", "adapt_bn": False, "grow_liver": False}
+    assert params["Cascaded ResNet + 3D-CRF"] == {**off, "crf": "paper"}
+    assert params["Cascaded ResNet + liver CRF"] == {**off, "crf": "liver"}
+    assert params["Cascaded ResNet + liver CRF + liver growth (default)"] == {**off, "crf": "liver", "grow_liver": True}
+    assert params["Cascaded ResNet + BN adaptation + liver CRF"] == {**off, "crf": "liver", "adapt_bn": True}
+    # the paper's rows: no CRF, the training's batch-norm statistics, no liver growth
+    assert all(r["params"] == off for r in rows[:3])
     # a subset of rows, e.g. to add one to a table without rerunning the slow ones
     sub = tmp_path / "sub"
     assert ablation.main(["--model-dir", str(models), "--data", str(data), "--out", str(sub), "--cases", "1",

@@ -144,6 +144,7 @@ class AppConf:
     batch_size: int  # slices per network call at inference
     stage2_roi: bool  # run stage two only on slices where stage one found liver
     crf: str  # 3D dense CRF mode, one of CRF_MODES
+    grow_liver: bool  # grow the liver into the liver-like voxels next to it (settings.py, LIVER_GROW_*)
     adapt_bn: bool  # re-estimate batch-norm statistics on the volume being segmented (opt-in)
     auto_train_on_save: bool
     auto_train_after: int  # new final labels that trigger a training run
@@ -170,6 +171,7 @@ class AppConf:
             batch_size=conf_number(conf, "batch_size", 16 if device == "cpu" else 32, int, 1),
             stage2_roi=conf_switch(conf, "stage2_roi", "true"),
             crf=parse_crf(conf.get("crf"), conf.get("crf_keep_lesions")),
+            grow_liver=conf_switch(conf, "grow_liver", "true"),
             adapt_bn=conf_switch(conf, "adapt_bn", "false"),
             auto_train_on_save=conf_switch(conf, "auto_train_on_save", "false"),
             auto_train_after=conf_number(conf, "auto_train_after", 1, int, 1),

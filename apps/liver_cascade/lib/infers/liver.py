@@ -47,6 +47,7 @@ from lib.transforms.transforms import (
     DenseCRFd,
     DropSmallLesionsd,
     FillHolesPerSliced,
+    GrowLiverd,
     KeepLargestLiverd,
     ProbsToLabeld,
     RestoreOrientationd,
@@ -197,6 +198,7 @@ class LiverSegmentation(BasicInferTask):
                 "crf": [conf.crf] + [m for m in CRF_MODES if m != conf.crf],
                 "fill_holes": True,
                 "largest_component": True,
+                "grow_liver": conf.grow_liver,
                 "stage2_roi": conf.stage2_roi,
                 "adapt_bn": conf.adapt_bn,
                 "min_lesion_ml": conf.min_lesion_ml,
@@ -258,6 +260,10 @@ class LiverSegmentation(BasicInferTask):
         if data is None or as_bool(data.get("largest_component", True)):
             # not in the paper: the liver is one organ, so keep the largest 3D component of liver+lesion
             t.append(KeepLargestLiverd(keys="pred"))
+        if data is None or (as_bool(data.get("grow_liver", self.conf.grow_liver)) and data.get("corrected_liver") is None):
+            # not in the paper: the liver grows into the liver-like voxels next to it (settings.py, LIVER_GROW_*);
+            # an annotator's corrected liver is kept as drawn
+            t.append(GrowLiverd(keys="pred"))
         if data is None or as_bool(data.get("fill_holes", True)):
             t.append(FillHolesPerSliced(keys="pred"))
         # lesions the report would not list are not drawn either (clicks, after, may still add small ones)
@@ -286,7 +292,7 @@ class LiverSegmentation(BasicInferTask):
         try:
             parse_crf(request.get("crf"), request.get("crf_keep_lesions"))
             parse_choice("background_click", request.get("background_click"), BACKGROUND_CLICK_MODES)
-            for switch in ("fill_holes", "largest_component", "stage2_roi", "adapt_bn", "allow_non_ct",
+            for switch in ("fill_holes", "largest_component", "grow_liver", "stage2_roi", "adapt_bn", "allow_non_ct",
                            "crf_keep_lesions"):
                 check_switch(switch, request.get(switch))
         except ValueError as e:
@@ -500,6 +506,8 @@ class LiverSegmentation(BasicInferTask):
             "models_used": data.get("models_used"),
             "timings": data.get("inference_timings"),
         }
+        if "liver_grown_ml" in data:  # what liver growth added to the network's liver
+            result["liver_grown_ml"] = data["liver_grown_ml"]
         if "lesion_report" in data:
             result["lesion_report"] = data["lesion_report"]
         if data.get("notes"):  # what the request asked for and did not get, and why

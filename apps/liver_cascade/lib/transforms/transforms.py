@@ -22,7 +22,17 @@ from scipy import ndimage
 
 from lib.evaluation.lesion_report import voxel_volume_ml
 from lib.evaluation.metrics import bounding_box
-from lib.settings import HU_WINDOW, LABELS, LIVER_BOX_MARGIN, LIVER_BOX_MIN_MARGIN
+from lib.settings import (
+    HU_WINDOW,
+    LABELS,
+    LIVER_BOX_MARGIN,
+    LIVER_BOX_MIN_MARGIN,
+    LIVER_GROW_MAX_HU,
+    LIVER_GROW_MAX_MM,
+    LIVER_GROW_MIN_ML,
+    LIVER_GROW_SD,
+    LIVER_GROW_SMOOTH_MM,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +73,17 @@ def fill_label_holes(label: np.ndarray, axis: int = -1) -> np.ndarray:
     out[liver] = LABELS["liver"]
     out[lesion] = LABELS["lesion"]
     return out
+
+
+def label_array(lab) -> np.ndarray:
+    """The (X, Y, Z) array of a (1, X, Y, Z) label (tensor, MetaTensor or array)."""
+    return np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+
+
+def like_label(arr: np.ndarray, lab):
+    """An (X, Y, Z) array as a (1, X, Y, Z) tensor with the metadata of the label ``lab`` it replaces."""
+    t = torch.from_numpy(np.ascontiguousarray(arr))[None]
+    return MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
 
 
 class ProbsToLabeld(MapTransform):
@@ -147,11 +168,75 @@ class KeepLargestLiverd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lab = d[key]
-            arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+            arr = label_array(lab)
             keep = largest_component(arr > 0)
             arr = np.where(keep, arr, 0).astype(np.uint8)
-            t = torch.from_numpy(arr)[None]
-            d[key] = MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
+            d[key] = like_label(arr, lab)
+        return d
+
+
+def grow_liver(label: np.ndarray, hu: np.ndarray, spacing, sd: float = LIVER_GROW_SD,
+               max_hu: float = LIVER_GROW_MAX_HU, max_mm: float = LIVER_GROW_MAX_MM,
+               smooth_mm: float = LIVER_GROW_SMOOTH_MM, min_ml: float = LIVER_GROW_MIN_ML) -> np.ndarray:
+    """Liver growth (settings.py, LIVER_GROW_*): a copy of the (X, Y, Z) LiTS ``label`` (axial last) with the
+    background voxels within ``max_mm`` of its liver + lesion that look like its liver in ``hu`` (the smoothed
+    HU within ``sd`` robust standard deviations of the liver's median, at most ``max_hu``), and connect to it
+    through such voxels, labelled liver. Lesions and the rest of the label are unchanged. The liver's HU is
+    read in its core (the liver label eroded in-plane); a liver under ``min_ml`` is returned as it is."""
+    out = np.array(label, dtype=np.uint8)
+    organ = out > 0
+    box = bounding_box(organ)
+    if box is None:
+        return out
+    spacing = np.asarray(spacing, dtype=float)
+    # the in-plane neighbourhood: an odd number of pixels about smooth_mm wide (at least 3)
+    plane = np.ones([2 * max(1, int(round(smooth_mm / 2 / s))) + 1 for s in spacing[:2]] + [1], dtype=bool)
+    reach = [int(np.ceil(max_mm / s)) + n for s, n in zip(spacing, plane.shape)]  # the growth's, plus the smoothing's
+    box = tuple(slice(max(0, b.start - r), min(n, b.stop + r)) for b, r, n in zip(box, reach, out.shape))
+    sub, organ = out[box], organ[box]
+    core = ndimage.binary_erosion(sub == LABELS["liver"], plane)
+    if core.sum() * float(np.prod(spacing)) / 1000.0 < min_ml:
+        return out
+    raw = np.asarray(hu[box], dtype=np.float32)
+    smooth = ndimage.uniform_filter(raw, size=plane.shape)
+    median = float(np.median(smooth[core]))
+
+    def within(values: np.ndarray, limit: float) -> np.ndarray:  # within sd robust standard deviations (core's)
+        spread = 1.4826 * float(np.median(np.abs(values[core] - float(np.median(values[core])))))
+        return np.abs(values - median) < min(limit, sd * spread)
+
+    like = ndimage.binary_opening(within(smooth, max_hu), plane)
+    near = ndimage.distance_transform_edt(~organ, sampling=spacing) <= max_mm
+    comps, _ = ndimage.label(like & near | organ, structure=np.ones((3, 3, 3), dtype=bool))
+    touching = np.unique(comps[organ])
+    grown = np.isin(comps, touching[touching > 0]) & ~organ
+    # the smoothing leaves the growth short of the liver's edge by its radius: the ring there is added where
+    # the voxels' own HU (noisier: a wider tolerance, in the core's raw spread) looks like the liver's
+    liver = grown | organ
+    grown |= ndimage.binary_dilation(liver, plane) & ~liver & near & within(raw, 2 * max_hu)
+    sub[grown] = LABELS["liver"]
+    return out
+
+
+class GrowLiverd(MapTransform):
+    """Liver growth (``grow_liver``) on a (1, X, Y, Z) label with an affine, reading the HU image in
+    ``hu_key`` (X, Y, Z; the same orientation). Records the added volume as ``liver_grown_ml``."""
+
+    def __init__(self, keys: KeysCollection, hu_key: str = "image_hu", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.hu_key = hu_key
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            arr = label_array(lab).astype(np.uint8, copy=False)
+            affine = np.asarray(lab.affine if isinstance(lab, MetaTensor) else np.eye(4), dtype=float)
+            hu = d[self.hu_key]
+            grown = grow_liver(arr, np.asarray(hu.cpu() if torch.is_tensor(hu) else hu),
+                               np.linalg.norm(affine[:3, :3], axis=0))
+            d["liver_grown_ml"] = round(float(np.count_nonzero(grown != arr)) * voxel_volume_ml(affine), 2)
+            d[key] = like_label(grown, lab)
         return d
 
 
@@ -166,9 +251,8 @@ class FillHolesPerSliced(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             lab = d[key]
-            arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
-            filled = torch.from_numpy(fill_label_holes(arr, self.axis))[None]
-            d[key] = MetaTensor(filled, meta=lab.meta) if isinstance(lab, MetaTensor) else filled
+            arr = label_array(lab)
+            d[key] = like_label(fill_label_holes(arr, self.axis), lab)
         return d
 
 
@@ -188,7 +272,7 @@ class DropSmallLesionsd(MapTransform):
             lab = d[key]
             if min_ml <= 0:
                 continue
-            arr = np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+            arr = label_array(lab)
             lesion = arr == LABELS["lesion"]
             box = bounding_box(lesion)  # labelled on the lesions' box: a full int32 label map is 400 MB at 400 slices
             if box is None:
@@ -202,8 +286,7 @@ class DropSmallLesionsd(MapTransform):
             d["small_lesions_dropped"] = int(small.sum())  # the lesion report counts them
             out = np.array(arr, dtype=np.uint8)
             out[box][small[comps]] = LABELS["liver"]
-            t = torch.from_numpy(out)[None]
-            d[key] = MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
+            d[key] = like_label(out, lab)
         return d
 
 
