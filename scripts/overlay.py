@@ -12,6 +12,7 @@ filled (liver red, lesion yellow), reference as white/cyan contours.
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -36,6 +37,9 @@ def main(argv=None):
     ap.add_argument("--ref")
     ap.add_argument("--out", required=True)
     ap.add_argument("--title", default="")
+    ap.add_argument("--slices", default="", help="axial slices to draw (RAS order, comma-separated; default: the one "
+                                                 "with the most liver and the one with the most lesion)")
+    ap.add_argument("--params", default="{}", help="infer request options with --model-dir, e.g. '{\"grow_liver\": false}'")
     args = ap.parse_args(argv)
     import matplotlib
 
@@ -46,13 +50,15 @@ def main(argv=None):
         from lib.evaluation.predict import make_task, predict_file
 
         args.pred = str(Path(args.out).with_suffix(".nii.gz"))
-        predict_file(make_task("liver_cascade", args.model_dir), args.image, args.pred)
+        predict_file(make_task("liver_cascade", args.model_dir), args.image, args.pred, json.loads(args.params))
     img, pred = canonical(args.image), np.rint(canonical(args.pred)).astype(np.uint8)
     ref = np.rint(canonical(args.ref)).astype(np.uint8) if args.ref else None
     src = ref if ref is not None else pred
     ks = [int(np.argmax((src > 0).sum((0, 1))))]
     if (src == LABELS["lesion"]).any():
         ks.append(int(np.argmax((src == LABELS["lesion"]).sum((0, 1)))))
+    if args.slices:
+        ks = [int(k) for k in args.slices.split(",")]
     fig, axes = plt.subplots(1, len(ks), figsize=(5 * len(ks), 5), squeeze=False)
     for ax, k in zip(axes[0], ks):
         view = lambda a: a[:, :, k].T[::-1, ::-1]  # noqa: E731  (anterior up, patient's right on the left)

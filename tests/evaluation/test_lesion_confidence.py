@@ -43,3 +43,28 @@ def test_the_script_runs_the_app_and_tabulates_thresholds(tmp_path):
     kept = [r["true_kept"] + r["false_kept"] for r in rows]
     assert kept == sorted(kept, reverse=True)
     assert all(0 <= r["global_dice"] <= 100 for r in rows)
+
+
+def test_the_liver_growth_sweep_scores_each_setting_against_the_app_without_growth(tmp_path):
+    """scripts/liver_growth_sweep.py: its no-growth column is the app's answer with grow_liver off, and its
+    setting at the app's defaults is within a point of the app's default answer (which fills holes after)."""
+    from liver_growth_sweep import main
+
+    from lib.evaluation.metrics import dice, liver_mask
+    from lib.evaluation.predict import load_label, make_task, predict_file
+    from lib.settings import LIVER_GROW_MAX_MM, LIVER_GROW_SD
+
+    lits = ROOT / "sample-data" / "generated" / "lits"
+    image, ref = lits / "volume-1.nii.gz", lits / "segmentation-1.nii.gz"
+    assert main(["--model-dir", str(APP / "model"), "--image", str(image), "--ref", str(ref),
+                 "--sd", str(LIVER_GROW_SD), "--max-mm", "5", str(LIVER_GROW_MAX_MM), "--out", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert [s["max_mm"] for s in result["settings"]] == [5.0, LIVER_GROW_MAX_MM]
+    (case,) = result["cases"]
+    task = make_task("liver_cascade", str(APP / "model"))
+    reference = liver_mask(load_label(str(ref)))
+    for params, column in (({"grow_liver": False}, "no_growth"), ({}, f"sd {LIVER_GROW_SD:g}, {LIVER_GROW_MAX_MM:g} mm")):
+        predict_file(task, str(image), str(tmp_path / "p.nii.gz"), params)
+        app = 100 * dice(liver_mask(load_label(str(tmp_path / "p.nii.gz"))), reference)
+        assert abs(case[column] - app) < (0.01 if column == "no_growth" else 1.0), (column, case[column], app)
+    assert case[f"sd {LIVER_GROW_SD:g}, {LIVER_GROW_MAX_MM:g} mm"] > case["no_growth"]

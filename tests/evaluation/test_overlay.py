@@ -22,3 +22,19 @@ def test_overlay_segments_with_the_shipped_weights_and_writes_png_and_label(tmp_
     assert label.shape == nib.load(str(image)).shape
     pred, truth = np.asarray(label.dataobj) > 0, np.asarray(nib.load(str(ref)).dataobj) > 0
     assert 2 * (pred & truth).sum() / (pred.sum() + truth.sum()) > 0.7  # the demo weights find the phantom's liver
+
+
+def test_overlay_draws_the_slices_asked_for_with_the_request_options_given(tmp_path):
+    from overlay import main
+
+    image = SAMPLE / "generated" / "lits" / "volume-0.nii.gz"
+    out = {}
+    for name, params in (("grown", "{}"), ("not grown", '{"grow_liver": false}')):
+        png = tmp_path / f"{name.replace(' ', '_')}.png"
+        assert main(["--image", str(image), "--model-dir", str(APP / "model"), "--params", params,
+                     "--slices", "3,5,7", "--out", str(png)]) == 0
+        from PIL import Image
+
+        assert Image.open(png).size[0] > 2.5 * Image.open(png).size[1]  # three panels side by side
+        out[name] = np.asarray(nib.load(str(png.with_suffix(".nii.gz"))).dataobj) > 0
+    assert out["grown"].sum() > out["not grown"].sum() and (out["grown"] | ~out["not grown"]).all()
