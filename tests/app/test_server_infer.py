@@ -137,6 +137,12 @@ def test_batchnorm_adaptation_on_request(server):
     assert parts(infer(server, "liver_cascade", "lps_odd"))[0]["timings"]["adapt_bn"] == 0  # opt-in
 
 
+def test_the_result_says_how_much_liver_growth_added_and_none_when_off(server):
+    grown = parts(infer(server, "liver_cascade", "lps_odd"))[0]
+    assert isinstance(grown["liver_grown_ml"], float) and grown["liver_grown_ml"] >= 0
+    assert "liver_grown_ml" not in parts(infer(server, "liver_cascade", "lps_odd", {"grow_liver": "off"}))[0]
+
+
 def test_a_lesion_click_on_air_is_not_drawn_and_the_result_says_so(server, tmp_path):
     """A mis-click outside the body drew a 4 mm lesion in the air (and widened stage two's box to it)."""
     air = [2, 2, 6]  # a corner of the field of view, outside the phantom's body (about -1000 HU)
