@@ -102,6 +102,8 @@ def test_saves_scoring_and_a_seg_deleted_in_orthanc(site, phantom_series, tmp_pa
     uid = series_uid(phantom_series, "phantom_001")
     r = requests.post(f"{site.url}/infer/liver_cascade", params={"image": uid}, timeout=300)
     assert r.status_code == 200
+    (original,) = [p for p in site.cache.rglob("*") if p.parent.name == "original" and p.is_file()]
+    assert original.stat().st_mode & 0o777 == 0o644  # readable as the other labels (it was mkstemp's 0600)
     no_lesion = tmp_path / "no_lesion.nii.gz"  # the second save differs: its label must be the one served
     truth = nib.load(str(phantom_series[0] / "datastore" / "labels" / "final" / "phantom_001.nii.gz"))
     nib.save(nib.Nifti1Image(np.minimum(np.asarray(truth.dataobj), 1).astype(np.uint8), truth.affine), str(no_lesion))

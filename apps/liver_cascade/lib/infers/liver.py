@@ -30,6 +30,7 @@ from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.utils.others.generic import name_to_device
 
 from lib.conf import CRF_MODES, AppConf, as_bool, check_switch, parse_choice, parse_crf, parse_scales
+from lib.datastore import FILE_MODE
 from lib.evaluation.lesion_report import in_file_voxels, lesion_report
 from lib.model_io import ModelCache, ModelNotReadyError
 from lib.settings import ADAPT_BN_MAX_SLICES, ADAPT_BN_MIN_SLICES, CT_LOW_HU, LABEL_COLORS, LABELS, model_filename
@@ -497,6 +498,7 @@ class LiverSegmentation(BasicInferTask):
         affine = np.asarray(pred.affine, dtype=np.float64)
         fd, path = tempfile.mkstemp(suffix=ext, prefix=f"{self.task_name}_")
         os.close(fd)
+        os.chmod(path, FILE_MODE)  # mkstemp's 0600 went on with the file: the 'original' label kept from it
         write_label(label, affine, path)
         result = {
             "model": self.task_name,
