@@ -102,7 +102,7 @@ def test_saves_scoring_and_a_seg_deleted_in_orthanc(site, phantom_series, tmp_pa
     uid = series_uid(phantom_series, "phantom_001")
     r = requests.post(f"{site.url}/infer/liver_cascade", params={"image": uid}, timeout=300)
     assert r.status_code == 200
-    (original,) = [p for p in site.cache.rglob("*") if p.parent.name == "original" and p.is_file()]
+    (original,) = [p for p in site.cache.rglob(f"{uid}*") if p.parent.name == "original" and p.is_file()]
     assert original.stat().st_mode & 0o777 == 0o644  # readable as the other labels (it was mkstemp's 0600)
     no_lesion = tmp_path / "no_lesion.nii.gz"  # the second save differs: its label must be the one served
     truth = nib.load(str(phantom_series[0] / "datastore" / "labels" / "final" / "phantom_001.nii.gz"))
@@ -148,6 +148,9 @@ def test_saves_scoring_and_a_seg_deleted_in_orthanc(site, phantom_series, tmp_pa
     assert r.status_code == 404, r.status_code
     objects = requests.get(f"{site.url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
     assert "final" not in objects[uid]["labels"]
+    # its info is gone with it: 404 as for a local datastore (it answered 200 {}, while PUT answered 404)
+    r = requests.get(f"{site.url}/datastore/label/info", params={"label": uid, "tag": "final"}, timeout=60)
+    assert r.status_code == 404, (r.status_code, r.text)
 
 
 def test_series_and_segs_whose_uid_is_not_a_uid_are_ignored(site, phantom_series, tmp_path):

@@ -414,6 +414,12 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             return ""
         return LocalDatastore.get_label_uri(self, label_id, label_tag)
 
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        check_name(label_tag, "label tag")
+        if not self.get_label_uri(label_id, label_tag):  # 200 {} for a label that is not there; PUT answered 404
+            raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
+        return LocalDatastore.get_label_info(self, label_id, label_tag)
+
     def _prune_finals(self, segs: Dict[str, List[str]]) -> None:
         """Remove the cached final labels whose SEGs were deleted from the server (the way USAGE gives to
         delete one): they were still served and listed until the next training."""
