@@ -404,3 +404,24 @@ def test_grow_liverd_records_what_it_added_in_ml():
     added = (out["pred"][0].numpy() > 0).sum() - (label > 0).sum()
     assert added > 1000 and out["liver_grown_ml"] == pytest.approx(added * 5.0 / 1000, abs=0.01)
     assert isinstance(out["pred"], MetaTensor) and np.allclose(out["pred"].affine, affine)
+
+
+def test_grow_liver_on_odd_volumes_keeps_the_label_and_warns_nothing():
+    """One slice, one pixel thick, 0.3 or 3 mm pixels, float or int HU: the same shape back, the network's
+    labels kept; a liver too thin to have a core (min_ml 0) read the median of nothing (NaN, with warnings)."""
+    import warnings
+
+    from lib.transforms.transforms import grow_liver
+
+    rng = np.random.default_rng(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for shape in ((5, 5, 1), (40, 40, 1), (64, 48, 3), (1, 50, 50)):
+            for spacing in ((0.3, 0.3, 10.0), (3.0, 3.0, 0.5), (2.0, 0.5, 1.0)):
+                for dtype in (np.int16, np.float64):
+                    hu = rng.normal(60, 10, shape).astype(dtype)
+                    label = (rng.random(shape) < 0.5).astype(np.uint8)
+                    label[rng.random(shape) < 0.05] = 2
+                    out = grow_liver(label, hu, spacing, min_ml=0.0)
+                    assert out.shape == label.shape and out.dtype == np.uint8
+                    assert np.array_equal(out[label > 0], label[label > 0]) and np.array_equal(out == 2, label == 2)

@@ -217,7 +217,8 @@ def grow_liver(label: np.ndarray, hu: np.ndarray, spacing, sd: float = LIVER_GRO
         return ndimage.maximum_filter(m.view(np.uint8), size=square, mode="constant").view(bool)
 
     core = erode(sub == LABELS["liver"])
-    if np.count_nonzero(core) * float(np.prod(spacing)) / 1000.0 < min_ml:
+    n_core = np.count_nonzero(core)
+    if n_core == 0 or n_core * float(np.prod(spacing)) / 1000.0 < min_ml:  # no liver HU to read
         return out
 
     def spread(values):  # robust standard deviation
