@@ -75,15 +75,28 @@ def fill_label_holes(label: np.ndarray, axis: int = -1) -> np.ndarray:
     return out
 
 
-def label_array(lab) -> np.ndarray:
-    """The (X, Y, Z) array of a (1, X, Y, Z) label (tensor, MetaTensor or array)."""
-    return np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0])
+class LabelTransformd(MapTransform):
+    """A MapTransform on (1, X, Y, Z) labels (tensor, MetaTensor or array): ``relabel`` gets each key's
+    (X, Y, Z) array, the label it came from (its metadata) and the data dict, and returns the new array,
+    or None to leave the label as it is; the result keeps the label's metadata."""
+
+    def relabel(self, arr: np.ndarray, lab, d: dict) -> Optional[np.ndarray]:
+        raise NotImplementedError
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            lab = d[key]
+            new = self.relabel(np.asarray(lab[0].cpu() if torch.is_tensor(lab) else lab[0]), lab, d)
+            if new is not None:
+                t = torch.from_numpy(np.ascontiguousarray(new))[None]
+                d[key] = MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
+        return d
 
 
-def like_label(arr: np.ndarray, lab):
-    """An (X, Y, Z) array as a (1, X, Y, Z) tensor with the metadata of the label ``lab`` it replaces."""
-    t = torch.from_numpy(np.ascontiguousarray(arr))[None]
-    return MetaTensor(t, meta=lab.meta) if isinstance(lab, MetaTensor) else t
+def _affine(image) -> np.ndarray:
+    """The voxel-to-world affine of a MetaTensor (identity for anything else), float64."""
+    return np.asarray(image.affine if isinstance(image, MetaTensor) else np.eye(4), dtype=np.float64)
 
 
 class ProbsToLabeld(MapTransform):
@@ -161,18 +174,11 @@ def liver_box(liver, points=()):
     return x0, x1, y0, y1
 
 
-class KeepLargestLiverd(MapTransform):
+class KeepLargestLiverd(LabelTransformd):
     """Keep the largest 3D component of liver + lesion (the liver is one organ) of a (1, X, Y, Z) label."""
 
-    def __call__(self, data):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            lab = d[key]
-            arr = label_array(lab)
-            keep = largest_component(arr > 0)
-            arr = np.where(keep, arr, 0).astype(np.uint8)
-            d[key] = like_label(arr, lab)
-        return d
+    def relabel(self, arr, lab, d):
+        return np.where(largest_component(arr > 0), arr, 0).astype(np.uint8)
 
 
 def within_mm(mask: np.ndarray, spacing, mm: float, step_mm: float = 2.0) -> np.ndarray:
@@ -225,8 +231,9 @@ def grow_liver(label: np.ndarray, hu: np.ndarray, spacing, sd: float = LIVER_GRO
         return 1.4826 * float(np.median(np.abs(values - np.median(values))))
 
     smooth = ndimage.uniform_filter(raw, size=square, output=np.float32)
-    median = float(np.median(smooth[core]))
-    tolerance = min(max_hu, sd * spread(smooth[core]))
+    liver_hu = smooth[core]
+    median = float(np.median(liver_hu))
+    tolerance = min(max_hu, sd * spread(liver_hu))
     smooth -= median
     np.abs(smooth, out=smooth)
     like = dilate(erode(smooth < tolerance))  # an opening: no thin bridges
@@ -240,7 +247,7 @@ def grow_liver(label: np.ndarray, hu: np.ndarray, spacing, sd: float = LIVER_GRO
     return out
 
 
-class GrowLiverd(MapTransform):
+class GrowLiverd(LabelTransformd):
     """Liver growth (``grow_liver``) on a (1, X, Y, Z) label with an affine, reading the HU image in
     ``hu_key`` (X, Y, Z; the same orientation). Records the added volume as ``liver_grown_ml``."""
 
@@ -248,37 +255,25 @@ class GrowLiverd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.hu_key = hu_key
 
-    def __call__(self, data):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            lab = d[key]
-            arr = label_array(lab).astype(np.uint8, copy=False)
-            affine = np.asarray(lab.affine if isinstance(lab, MetaTensor) else np.eye(4), dtype=float)
-            hu = d[self.hu_key]
-            grown = grow_liver(arr, np.asarray(hu.cpu() if torch.is_tensor(hu) else hu),
-                               np.linalg.norm(affine[:3, :3], axis=0))
-            d["liver_grown_ml"] = round(float(np.count_nonzero(grown != arr)) * voxel_volume_ml(affine), 2)
-            d[key] = like_label(grown, lab)
-        return d
+    def relabel(self, arr, lab, d):
+        hu = d[self.hu_key]
+        grown = grow_liver(arr, np.asarray(hu.cpu() if torch.is_tensor(hu) else hu), _spacing(lab))
+        d["liver_grown_ml"] = round(float(np.count_nonzero(grown != arr)) * voxel_volume_ml(_affine(lab)), 2)
+        return grown
 
 
-class FillHolesPerSliced(MapTransform):
+class FillHolesPerSliced(LabelTransformd):
     """Per-axial-slice hole filling of a (1, X, Y, Z) LiTS label (axial axis last)."""
 
     def __init__(self, keys: KeysCollection, axis: int = -1, allow_missing_keys: bool = False):
         super().__init__(keys, allow_missing_keys)
         self.axis = axis
 
-    def __call__(self, data):
-        d = dict(data)
-        for key in self.key_iterator(d):
-            lab = d[key]
-            arr = label_array(lab)
-            d[key] = like_label(fill_label_holes(arr, self.axis), lab)
-        return d
+    def relabel(self, arr, lab, d):
+        return fill_label_holes(arr, self.axis)
 
 
-class DropSmallLesionsd(MapTransform):
+class DropSmallLesionsd(LabelTransformd):
     """Relabel lesion components (26-connected) smaller than ``min_ml`` millilitres as liver, in a
     (1, X, Y, Z) label with an affine: the label then shows the lesions the lesion report lists. The
     request's ``min_lesion_ml`` overrides ``min_ml``."""
@@ -287,29 +282,23 @@ class DropSmallLesionsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.min_ml = min_ml
 
-    def __call__(self, data):
-        d = dict(data)
+    def relabel(self, arr, lab, d):
         min_ml = float(d.get("min_lesion_ml", self.min_ml))
-        for key in self.key_iterator(d):
-            lab = d[key]
-            if min_ml <= 0:
-                continue
-            arr = label_array(lab)
-            lesion = arr == LABELS["lesion"]
-            box = bounding_box(lesion)  # labelled on the lesions' box: a full int32 label map is 400 MB at 400 slices
-            if box is None:
-                continue
-            comps, n = ndimage.label(lesion[box], structure=np.ones((3, 3, 3)))
-            voxel_ml = voxel_volume_ml(np.asarray(lab.affine if isinstance(lab, MetaTensor) else np.eye(4)))
-            small = np.bincount(comps.ravel()) * voxel_ml < min_ml
-            small[0] = False
-            if not small.any():
-                continue
-            d["small_lesions_dropped"] = int(small.sum())  # the lesion report counts them
-            out = np.array(arr, dtype=np.uint8)
-            out[box][small[comps]] = LABELS["liver"]
-            d[key] = like_label(out, lab)
-        return d
+        if min_ml <= 0:
+            return None
+        lesion = arr == LABELS["lesion"]
+        box = bounding_box(lesion)  # labelled on the lesions' box: a full int32 label map is 400 MB at 400 slices
+        if box is None:
+            return None
+        comps, n = ndimage.label(lesion[box], structure=np.ones((3, 3, 3)))
+        small = np.bincount(comps.ravel()) * voxel_volume_ml(_affine(lab)) < min_ml
+        small[0] = False
+        if not small.any():
+            return None
+        d["small_lesions_dropped"] = int(small.sum())  # the lesion report counts them
+        out = np.array(arr, dtype=np.uint8)
+        out[box][small[comps]] = LABELS["liver"]
+        return out
 
 
 class DenseCRFd(MapTransform):
@@ -434,9 +423,7 @@ def _write_back(sub: torch.Tensor, q: torch.Tensor, factor, foreground_only: boo
 
 
 def _spacing(image) -> np.ndarray:
-    affine = image.affine if isinstance(image, MetaTensor) else np.eye(4)
-    affine = np.asarray(affine, dtype=np.float64)
-    return np.sqrt((affine[:3, :3] ** 2).sum(0))
+    return np.sqrt((_affine(image)[:3, :3] ** 2).sum(0))
 
 
 def dense_crf_3d(probs, image, spacing, iterations, ss, bs, bi, ws, wb):
