@@ -130,10 +130,19 @@ class SafeLocalDatastore(LocalDatastore):
         self._external_symlinks = external_symlinks
         self._lock_holder = threading.local()  # does this thread hold the index's file lock (_locked)
         self._known_index = None  # (inode, mtime, size) of the index as this process last read or wrote it
-        self.last_saved: Optional[SavedLabel] = None  # the last save_label's image, tag and whether it changed
+        self._saved = threading.local()  # last_saved, per thread: inferences save their labels on their own thread
         self._set_aside_corrupt_config(datastore_path, kwargs.get("datastore_config", "datastore_v2.json"))
         self._remove_partial_files(datastore_path)
         super().__init__(datastore_path, **kwargs)
+
+    @property
+    def last_saved(self) -> Optional[SavedLabel]:
+        """This thread's last save_label: the image, the tag and whether the file changed."""
+        return getattr(self._saved, "label", None)
+
+    @last_saved.setter
+    def last_saved(self, value: Optional[SavedLabel]):
+        self._saved.label = value
 
     @staticmethod
     def _remove_partial_files(datastore_path: str):
@@ -345,8 +354,8 @@ class SafeLocalDatastore(LocalDatastore):
                     os.remove(stale)
             obj.labels[label_tag] = DataModel(info=_stamped(label_info, name), ext=label_ext)
             self._update_datastore_file()
-        # what the app's on_save_label, called next in the same request, needs and MONAI Label does not
-        # pass: the tag, and whether the file changed (MONAI Label serves label saves one at a time)
+        # what the app's on_save_label, called next in the same request (on the same thread), needs and
+        # MONAI Label does not pass: the tag, and whether the file changed
         self.last_saved = SavedLabel(image_id, label_tag, changed=not same)
         return image_id
 

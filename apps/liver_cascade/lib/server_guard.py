@@ -8,6 +8,7 @@ so we wrap those helpers with a check in front, and put one ASGI layer in front
 of the application for the upload size. Nothing in site-packages is edited.
 """
 
+import asyncio
 import functools
 import inspect
 import json
@@ -18,6 +19,7 @@ import shutil
 import tarfile
 import zipfile
 
+import anyio
 import requests
 import torch
 from fastapi import BackgroundTasks, HTTPException
@@ -183,6 +185,39 @@ class Unserved:
             if self.GPU.match(path) and not shutil.which("nvidia-smi"):
                 return await _answer(send, 404, "this server has no NVIDIA GPU (nvidia-smi not found)")
         return await self.app(scope, receive, send)
+
+
+class InferOffLoop:
+    """ASGI layer: inference requests (``POST /infer/{model}``) run on a worker thread, in an event loop of
+    their own, instead of on the server's. MONAI Label's endpoints are coroutines that block: while one
+    inference ran (seconds to minutes), the server answered nothing else, not even ``/info``. Now the
+    other requests are served meanwhile; inferences still run one at a time (``max_parallel_infers``).
+    The request's body and the response cross between the two loops. Requests beyond ``parallel`` wait on
+    the server's loop, holding no thread."""
+
+    INFER = re.compile(r"/infer/[^/]+/?\Z")  # not /infer/wsi/{model} (Unserved answers it)
+
+    def __init__(self, app, parallel: int = 1):
+        self.app = app
+        self.parallel = parallel
+        self._threads = None  # an anyio.CapacityLimiter, made on the server's loop
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not self.INFER.match(scope.get("path", "")):
+            return await self.app(scope, receive, send)
+        server_loop = asyncio.get_running_loop()
+
+        def on_server_loop(fn):  # receive / send, awaited from the worker's loop
+            async def call(*args):
+                return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(fn(*args), server_loop))
+            return call
+
+        def run():
+            return asyncio.run(self.app(scope, on_server_loop(receive), on_server_loop(send)))
+
+        if self._threads is None:
+            self._threads = anyio.CapacityLimiter(self.parallel)
+        await anyio.to_thread.run_sync(run, limiter=self._threads)
 
 
 class _JWTWithAlgorithms:
@@ -421,11 +456,12 @@ def install(app_instance, max_upload_bytes: int) -> None:
         server.app.middleware_stack = None  # rebuilt on the next request, with the handlers
 
     stack = server.app.middleware_stack
+    parallel = app_instance.app_conf.max_parallel_infers
     if stack is not None and not isinstance(stack, UploadLimit):
-        server.app.middleware_stack = UploadLimit(Unserved(stack), max_upload_bytes)
+        server.app.middleware_stack = UploadLimit(Unserved(InferOffLoop(stack, parallel)), max_upload_bytes)
     elif stack is None:  # not started yet: Starlette builds the stack on the first call
         build = server.app.build_middleware_stack
-        server.app.build_middleware_stack = lambda: UploadLimit(Unserved(build()), max_upload_bytes)
+        server.app.build_middleware_stack = lambda: UploadLimit(Unserved(InferOffLoop(build(), parallel)), max_upload_bytes)
     logger.info(f"request guard installed: uploads up to {max_upload_bytes} bytes")
 
 

@@ -1,0 +1,118 @@
+"""The server keeps answering while an inference runs (real server, real HTTP).
+
+MONAI Label's endpoints are coroutines that block the server's event loop: during an inference of a
+few seconds (minutes on a large CT) every other request, ``/info`` included, waited. The app runs
+inference requests on a worker thread (``lib.server_guard.InferOffLoop``)."""
+
+import gzip
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+
+from support import Server, copy_app
+
+QUICK_S = 3.0  # an answer while the inference runs: /info alone takes well under a second
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import phantom
+
+    tmp = tmp_path_factory.mktemp("responsive")
+    studies = tmp / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    # a CT large enough that the cascade takes seconds on 2 cores
+    big = phantom.generate_phantom(7, shape_xy=(512, 512), spacing=(0.75, 0.75, 2.5), n_slices=120)
+    big.save_nifti(str(studies / "big.nii.gz"), None)
+    small = phantom.generate_phantom(8, shape_xy=(96, 96), spacing=(3.6, 3.6, 5.0), n_slices=10)
+    small.save_nifti(str(studies / "small.nii.gz"), None)
+    srv = Server(copy_app(tmp / "app"), studies, {"models": "liver_resnet,liver_cascade"}, tmp / "server.log",
+                 extra_env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
+    yield srv, small, big
+    srv.stop()
+
+
+def label_bytes(label, affine):
+    return gzip.compress(nib.Nifti1Image(label.astype(np.uint8), affine).to_bytes())
+
+
+def infer(srv, image):
+    return requests.post(f"{srv.url}/infer/liver_cascade", params={"image": image, "output": "image"},
+                         data={"params": "{}"}, timeout=600)
+
+
+def started(srv, since: int) -> bool:
+    return "Infer Request" in srv.log.read_text()[since:]
+
+
+def test_requests_are_answered_while_an_inference_runs(server):
+    srv, small, big = server
+    mark = len(srv.log.read_text())
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(infer, srv, "big")
+        t0 = time.time()
+        while not started(srv, mark) and time.time() - t0 < 60:
+            time.sleep(0.1)
+        assert started(srv, mark), srv.log.read_text()[-3000:]
+        answers = []
+        for method, path, kwargs in (
+            ("get", "/info/", {}),
+            ("get", "/datastore/", {"params": {"output": "stats"}}),
+            ("put", "/datastore/label", {"params": {"image": "small", "tag": "final"},
+                                         "files": {"label": ("small.nii.gz",
+                                                             io.BytesIO(label_bytes(small.label, small.affine)))}}),
+            ("get", "/datastore/label", {"params": {"label": "small", "tag": "final"}}),
+        ):
+            t = time.time()
+            r = getattr(requests, method)(srv.url + path, timeout=60, **kwargs)
+            answers.append((path, r.status_code, time.time() - t, running.done()))
+        resp = running.result()
+    assert resp.status_code == 200, resp.text
+    for path, status, seconds, infer_done in answers:
+        assert status == 200, (path, status)
+        assert seconds < QUICK_S, (path, seconds)
+        assert not infer_done, f"{path} was answered only after the inference: {answers}"
+    pred = srv.log.parent / "pred_big.nii.gz"
+    pred.write_bytes(resp.content)
+    out = nib.load(str(pred))
+    assert out.shape == big.image.shape
+    assert (np.asarray(out.dataobj) == 1).sum() > 0  # the liver
+    # the label save made during the inference is the image's final label, and the inference's own
+    # prediction was kept as 'original' for the big image
+    ds = requests.get(f"{srv.url}/datastore/", params={"output": "all"}, timeout=30).json()["objects"]
+    assert "final" in ds["small"]["labels"]
+    assert "original" in ds["big"]["labels"]
+
+
+def test_inferences_sent_together_all_answer(server):
+    """Three inferences at once wait in line (max_parallel_infers 1) and all answer; /info is answered
+    meanwhile."""
+    srv = server[0]
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(infer, srv, image) for image in ("big", "small", "big")]
+        time.sleep(1.0)
+        t = time.time()
+        r = requests.get(f"{srv.url}/info/", timeout=60)
+        info_s = time.time() - t
+        pending = sum(not f.done() for f in futures)
+        answers = [f.result() for f in futures]
+    assert r.status_code == 200 and info_s < QUICK_S, info_s
+    assert pending >= 1
+    assert [a.status_code for a in answers] == [200, 200, 200], [a.text[:200] for a in answers]
+
+
+def test_a_bad_inference_request_is_still_a_clear_4xx(server):
+    srv = server[0]
+    r = requests.post(f"{srv.url}/infer/liver_cascade", params={"image": "small"}, data={"params": "{not json"},
+                      timeout=60)
+    assert r.status_code == 400 and "params" in r.json()["detail"]
+    r = requests.post(f"{srv.url}/infer/liver_cascade", params={"image": "nosuch"}, data={"params": "{}"}, timeout=60)
+    assert 400 <= r.status_code < 500, r.text
+    r = requests.post(f"{srv.url}/infer/no_such_model", params={"image": "small"}, data={"params": "{}"}, timeout=60)
+    assert 400 <= r.status_code < 500, r.text
+    assert requests.get(f"{srv.url}/info/", timeout=30).status_code == 200
