@@ -4,8 +4,9 @@ MONAI Label 0.8.5 answers malformed ``params`` JSON, an unknown training model a
 oversized uploads with a 500 or not at all, and with authentication on it rejects
 every token (see :class:`_JWTWithAlgorithms`). Its endpoint modules look their
 helpers up at call time (``infer.run_inference``, ``datastore.save_label``, ...),
-so we wrap those helpers with a check in front, and put one ASGI layer in front
-of the application for the upload size. Nothing in site-packages is edited.
+so we wrap those helpers with a check in front, and put ASGI layers in front of
+the application: the upload size, the routes this app cannot serve, and inference
+off the server's event loop. Nothing in site-packages is edited.
 """
 
 import asyncio
@@ -455,13 +456,15 @@ def install(app_instance, max_upload_bytes: int) -> None:
         server.app.add_exception_handler(requests.exceptions.Timeout, dicomweb_unreachable)
         server.app.middleware_stack = None  # rebuilt on the next request, with the handlers
 
+    def guarded(stack):
+        return UploadLimit(Unserved(InferOffLoop(stack, app_instance.app_conf.max_parallel_infers)), max_upload_bytes)
+
     stack = server.app.middleware_stack
-    parallel = app_instance.app_conf.max_parallel_infers
     if stack is not None and not isinstance(stack, UploadLimit):
-        server.app.middleware_stack = UploadLimit(Unserved(InferOffLoop(stack, parallel)), max_upload_bytes)
+        server.app.middleware_stack = guarded(stack)
     elif stack is None:  # not started yet: Starlette builds the stack on the first call
         build = server.app.build_middleware_stack
-        server.app.build_middleware_stack = lambda: UploadLimit(Unserved(InferOffLoop(build(), parallel)), max_upload_bytes)
+        server.app.build_middleware_stack = lambda: guarded(build())
     logger.info(f"request guard installed: uploads up to {max_upload_bytes} bytes")
 
 
