@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 from typing import Dict, Tuple
 
 import lib.configs
@@ -49,8 +48,6 @@ class LiverCascadeApp(MONAILabelApp):
         lifecycle.follow_server()  # a training or scoring process a server started ends with that server
         self.model_dir = os.path.join(app_dir, "model")
         self.app_conf = AppConf.from_conf(conf, self.model_dir)
-        # one inference at a time in this process (HTTP, scoring, active learning): bounded memory
-        self._infer_slots = threading.Semaphore(self.app_conf.max_parallel_infers)
 
         configs = {}
         for c in get_class_names(lib.configs, "TaskConfig"):
@@ -220,13 +217,12 @@ class LiverCascadeApp(MONAILabelApp):
                     check_label_matches(request["label"], path, values=False)  # any segment value counts as liver
                 except InputError as e:
                     raise HTTPException(status_code=e.status, detail=f"label: {e}") from e
-        with self._infer_slots:
-            try:
-                return super().infer(request, datastore)
-            except ModelNotReadyError as e:
-                raise HTTPException(status_code=503, detail=str(e)) from e
-            except (InvalidRequestError, InputError) as e:
-                raise HTTPException(status_code=getattr(e, "status", 400), detail=str(e)) from e
+        try:  # the task takes one of the process's inference slots (lib/infers/liver.py, inference_slots)
+            return super().infer(request, datastore)
+        except ModelNotReadyError as e:
+            raise HTTPException(status_code=503, detail=str(e)) from e
+        except (InvalidRequestError, InputError) as e:
+            raise HTTPException(status_code=getattr(e, "status", 400), detail=str(e)) from e
 
     def batch_infer(self, request, datastore=None):
         """MONAI Label's batch inference; on a machine without a GPU it defaults to the CPU (its default,

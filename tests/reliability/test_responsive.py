@@ -116,3 +116,44 @@ def test_a_bad_inference_request_is_still_a_clear_4xx(server):
     r = requests.post(f"{srv.url}/infer/no_such_model", params={"image": "small"}, data={"params": "{}"}, timeout=60)
     assert 400 <= r.status_code < 500, r.text
     assert requests.get(f"{srv.url}/info/", timeout=30).status_code == 200
+
+
+def test_a_model_upload_waits_for_the_running_inference(server, tmp_path):
+    """PUT /model overwrites the weights in place: it waits for the segmentation that may be reading them
+    (on its own thread) to end, and both succeed."""
+    srv = server[0]
+    weights = (srv.log.parent / "app" / "model" / "liver_cascade_lite.pt").read_bytes()
+    mark = len(srv.log.read_text())
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(infer, srv, "big")
+        t0 = time.time()
+        while not started(srv, mark) and time.time() - t0 < 60:
+            time.sleep(0.1)
+        r = requests.put(f"{srv.url}/model/liver_cascade", files={"file": ("liver_cascade_lite.pt", io.BytesIO(weights))},
+                         timeout=600)
+        assert running.result().status_code == 200
+    assert r.status_code == 200, r.text
+    log = srv.log.read_text()[mark:]
+    # the segmentation ended (MONAI Label logs its latencies then) before the file was replaced
+    assert 0 <= log.index("++ Latencies") < log.index("Updating Model File"), log[-3000:]
+
+
+def test_every_segmentation_takes_an_inference_slot(tmp_path):
+    """Uncertainty scoring (Next Sample) runs the infer task on the server's loop, not through /infer: it
+    waits for a free slot like a request does."""
+    import phantom
+    from lib.evaluation.predict import make_task
+    from lib.infers.liver import no_inference
+    from support import APP
+
+    p = phantom.generate_phantom(3, shape_xy=(64, 64), spacing=(5.0, 5.0, 8.0), n_slices=6)
+    image = str(tmp_path / "img.nii.gz")
+    p.save_nifti(image, None)
+    task = make_task("liver_cascade", str(APP / "model"))
+    with ThreadPoolExecutor(1) as pool:
+        with no_inference(task.conf.max_parallel_infers):
+            job = pool.submit(task, {"image": image, "device": "cpu", "result_extension": ".nii.gz"})
+            time.sleep(2.0)
+            assert not job.done()
+        path, result = job.result(timeout=120)
+    assert nib.load(path).shape == p.image.shape

@@ -10,6 +10,7 @@ off the server's event loop. Nothing in site-packages is edited.
 """
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import json
@@ -28,6 +29,7 @@ from fastapi.responses import JSONResponse
 
 from lib.conf import as_bool
 from lib.datastore import check_name
+from lib.infers.liver import no_inference
 from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys
 
 logger = logging.getLogger(__name__)
@@ -252,19 +254,21 @@ def _remove_uploads(args, kwargs) -> None:
                 remove_file(*task.args, **task.kwargs)
 
 
-def _wrap(module, name, check):
+def _wrap(module, name, check, around=contextlib.nullcontext):
+    """``check`` in front of ``module.name``; both run inside the context ``around()``."""
     original = getattr(module, name)
     if getattr(original, "_liver_cascade_guard", False):
         return
 
     @functools.wraps(original)
     def guarded(*args, **kwargs):
-        check(*args, **kwargs)
-        try:
-            return original(*args, **kwargs)
-        except BaseException:
-            _remove_uploads(args, kwargs)
-            raise
+        with around():
+            check(*args, **kwargs)
+            try:
+                return original(*args, **kwargs)
+            except BaseException:
+                _remove_uploads(args, kwargs)
+                raise
 
     guarded._liver_cascade_guard = True
     setattr(module, name, guarded)
@@ -440,11 +444,19 @@ def install(app_instance, max_upload_bytes: int) -> None:
         (scoring, "run_method", scoring_check), (datastore, "save_label", datastore_check),
         (datastore, "add_image", datastore_check), (train, "run_model", train_check), (train, "run", train_all_check),
         (batch_infer, "run", batch_check), (datastore, "update_image_info", image_info_check),
-        (datastore, "update_label_info", label_info_check), (model, "update_model", model_upload_check),
+        (datastore, "update_label_info", label_info_check),
         (session, "create_session", session_upload_check), (session, "get_session", session_image_check),
         (logs, "get_logs", log_lines_check),
     ):
         _wrap(module, name, check)
+
+    def no_inference_meanwhile():
+        """MONAI Label overwrites the model file in place (an upload) or moves it away (a delete): not while
+        an inference, on its worker thread, may be reading it."""
+        return no_inference(app_instance.app_conf.max_parallel_infers)
+
+    _wrap(model, "update_model", model_upload_check, around=no_inference_meanwhile)
+    _wrap(model, "delete_model", lambda *a, **k: None, around=no_inference_meanwhile)
     _remove_after_sending(datastore, "download_dataset")
 
     async def dicomweb_unreachable(request, exc):

@@ -6,11 +6,13 @@ is the paper's per-slice hole fill (and the optional 3D CRF); the label is
 written in the input file's exact geometry.
 """
 
+import contextlib
 import difflib
 import json
 import logging
 import os
 import tempfile
+import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -62,6 +64,34 @@ logger = logging.getLogger(__name__)
 
 class InvalidRequestError(ValueError):
     """A request parameter is wrong (answered with HTTP 400)."""
+
+
+_slots: Optional[threading.Semaphore] = None
+_slots_made = threading.Lock()
+
+
+def inference_slots(n: int) -> threading.Semaphore:
+    """This process's inference slots (``--conf max_parallel_infers``): every segmentation takes one,
+    whichever path runs it (an infer request on its worker thread, the uncertainty scoring of a Next Sample
+    on the server's loop), so no more than ``n`` run at once: bounded memory."""
+    global _slots
+    with _slots_made:
+        if _slots is None:
+            _slots = threading.Semaphore(n)
+        return _slots
+
+
+@contextlib.contextmanager
+def no_inference(n: int):
+    """Holds all ``n`` slots: no segmentation runs meanwhile (a model file replaced or removed in place)."""
+    slots = inference_slots(n)
+    for _ in range(n):
+        slots.acquire()
+    try:
+        yield
+    finally:
+        for _ in range(n):
+            slots.release()
 
 
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd")
@@ -319,7 +349,8 @@ class LiverSegmentation(BasicInferTask):
                     raise ValueError
             except (TypeError, ValueError, OverflowError):
                 raise InvalidRequestError(f"batch_size must be an integer >= 1, got {request['batch_size']!r}")
-        return super().__call__(request, callbacks)
+        with inference_slots(self.conf.max_parallel_infers):
+            return super().__call__(request, callbacks)
 
     # -- the cascade ----------------------------------------------------------
     def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
