@@ -46,19 +46,22 @@ def infer(srv, image):
                          data={"params": "{}"}, timeout=600)
 
 
-def started(srv, since: int) -> bool:
-    return "Infer Request" in srv.log.read_text()[since:]
+def start_inference(pool, srv):
+    """An inference of the big CT on ``pool``, once the server has begun it: (its future, the log's
+    length before it)."""
+    mark = len(srv.log.read_text())
+    running = pool.submit(infer, srv, "big")
+    t0 = time.time()
+    while "Infer Request" not in srv.log.read_text()[mark:]:
+        assert time.time() - t0 < 60, srv.log.read_text()[-3000:]
+        time.sleep(0.1)
+    return running, mark
 
 
 def test_requests_are_answered_while_an_inference_runs(server):
     srv, small, big = server
-    mark = len(srv.log.read_text())
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(infer, srv, "big")
-        t0 = time.time()
-        while not started(srv, mark) and time.time() - t0 < 60:
-            time.sleep(0.1)
-        assert started(srv, mark), srv.log.read_text()[-3000:]
+        running, _ = start_inference(pool, srv)
         answers = []
         for method, path, kwargs in (
             ("get", "/info/", {}),
@@ -118,17 +121,13 @@ def test_a_bad_inference_request_is_still_a_clear_4xx(server):
     assert requests.get(f"{srv.url}/info/", timeout=30).status_code == 200
 
 
-def test_a_model_upload_waits_for_the_running_inference(server, tmp_path):
+def test_a_model_upload_waits_for_the_running_inference(server):
     """PUT /model overwrites the weights in place: it waits for the segmentation that may be reading them
     (on its own thread) to end, and both succeed."""
     srv = server[0]
     weights = (srv.log.parent / "app" / "model" / "liver_cascade_lite.pt").read_bytes()
-    mark = len(srv.log.read_text())
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(infer, srv, "big")
-        t0 = time.time()
-        while not started(srv, mark) and time.time() - t0 < 60:
-            time.sleep(0.1)
+        running, mark = start_inference(pool, srv)
         r = requests.put(f"{srv.url}/model/liver_cascade", files={"file": ("liver_cascade_lite.pt", io.BytesIO(weights))},
                          timeout=600)
         assert running.result().status_code == 200
