@@ -122,6 +122,16 @@ def layered_seg_nrrd(label, affine) -> bytes:
             return f.read()
 
 
+def label_bytes(label, affine) -> bytes:
+    """A label as the bytes of a gzipped NIfTI file (uint8), for an upload."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    return gzip.compress(nib.Nifti1Image(label.astype(np.uint8), affine).to_bytes())
+
+
 def small_phantom_studies(folder: Path, seed: int, n: int = 2) -> Path:
     """``n`` tiny phantoms ``case<i>.nii.gz`` with their labels ``label<i>.nii.gz`` (outside labels/)."""
     import nibabel as nib

@@ -1,7 +1,6 @@
 """Load and faults through the real server: concurrent inference during training, a killed
 training run, a killed server, and a kill in the middle of label saves. Nothing is lost."""
 
-import gzip
 import io
 import json
 import os
@@ -16,7 +15,7 @@ import psutil
 import pytest
 import requests
 
-from support import Server, untrained_app
+from support import Server, label_bytes, untrained_app
 
 N_IMAGES = 4
 # Inference runs one request at a time in the server process (--conf max_parallel_infers, default 1);
@@ -78,10 +77,6 @@ def wait_training(server, running: bool, timeout=600):
 def final_labels(server):
     ds = requests.get(f"{server.url}/datastore/", params={"output": "all"}, timeout=30).json()
     return sorted(k for k, v in ds["objects"].items() if "final" in v.get("labels", {}))
-
-
-def label_bytes(label, affine):
-    return gzip.compress(nib.Nifti1Image(label.astype(np.uint8), affine).to_bytes())
 
 
 def save_label(server, image, label, affine):

@@ -4,8 +4,8 @@ MONAI Label's endpoints are coroutines that block the server's event loop: durin
 few seconds (minutes on a large CT) every other request, ``/info`` included, waited. The app runs
 inference requests on a worker thread (``lib.server_guard.InferOffLoop``)."""
 
-import gzip
 import io
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import requests
 
-from support import Server, copy_app
+from support import Server, copy_app, label_bytes
 
 QUICK_S = 3.0  # an answer while the inference runs: /info alone takes well under a second
 
@@ -35,10 +35,6 @@ def server(tmp_path_factory):
                  extra_env={"MONAI_LABEL_AUTO_UPDATE_SCORING": "false"})
     yield srv, small, big
     srv.stop()
-
-
-def label_bytes(label, affine):
-    return gzip.compress(nib.Nifti1Image(label.astype(np.uint8), affine).to_bytes())
 
 
 def infer(srv, image):
@@ -156,3 +152,4 @@ def test_every_segmentation_takes_an_inference_slot(tmp_path):
             assert not job.done()
         path, result = job.result(timeout=120)
     assert nib.load(path).shape == p.image.shape
+    os.remove(path)
