@@ -123,6 +123,13 @@ class SavedLabel(NamedTuple):
     changed: bool  # False when the file is byte for byte the label that was there
 
 
+def require_label(datastore, label_id: str, label_tag: str) -> None:
+    """404 when ``datastore`` has no ``label_tag`` label for ``label_id`` (MONAI Label answered its info
+    with 200 {}, while a PUT of that info answered 404)."""
+    if not datastore.get_label_uri(label_id, label_tag):
+        raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
+
+
 @_reading_the_current_index
 class SafeLocalDatastore(LocalDatastore):
     def __init__(self, datastore_path: str, max_voxels: int, external_symlinks: bool = False, **kwargs):
@@ -284,8 +291,7 @@ class SafeLocalDatastore(LocalDatastore):
         return super().get_image_info(image_id)
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
-        if not self.get_label_uri(label_id, label_tag):
-            raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
+        require_label(self, label_id, label_tag)
         return super().get_label_info(label_id, label_tag)
 
     # -- writing ---------------------------------------------------------------------------------

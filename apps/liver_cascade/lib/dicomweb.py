@@ -40,7 +40,7 @@ from monailabel.utils.others.generic import remove_file
 from fastapi import HTTPException
 from pydicom.dataset import Dataset
 
-from lib.datastore import check_name
+from lib.datastore import check_name, require_label
 from lib.settings import BACKGROUND, LABEL_COLORS, LABELS
 from lib.validation import InputError, check_label_matches, read_geometry
 
@@ -416,8 +416,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
         check_name(label_tag, "label tag")
-        if not self.get_label_uri(label_id, label_tag):  # 200 {} for a label that is not there; PUT answered 404
-            raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
+        require_label(self, label_id, label_tag)
         return LocalDatastore.get_label_info(self, label_id, label_tag)
 
     def _prune_finals(self, segs: Dict[str, List[str]]) -> None:
