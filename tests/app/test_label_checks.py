@@ -87,3 +87,14 @@ def test_correction_scoring_reads_a_label_with_a_trailing_axis_of_one(studies):
     assert result["case0"]["liver"] == 1.0  # the same label: nothing corrected
     index = json.loads((studies / "datastore_v2.json").read_text())
     assert index["objects"]["case0"]["image"]["info"][INFO_KEY]["liver"] == 1.0
+
+
+def test_the_info_of_a_label_that_is_not_there_is_a_404(tmp_path):
+    """GET /datastore/label/info answered 200 {} for a missing label (a PUT of its info answered 404)."""
+    small_phantom_studies(tmp_path, seed=11, n=1)
+    ds = file_datastore(tmp_path)
+    with pytest.raises(HTTPException) as e:
+        ds.get_label_info("case0", "final")
+    assert e.value.status_code == 404
+    ds.save_label("case0", str(tmp_path / "label0.nii.gz"), "final", {"who": "test"})
+    assert ds.get_label_info("case0", "final")["who"] == "test"
