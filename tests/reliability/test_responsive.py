@@ -2,7 +2,7 @@
 
 MONAI Label's endpoints are coroutines that block the server's event loop: during an inference of a
 few seconds (minutes on a large CT) every other request, ``/info`` included, waited. The app runs
-inference requests on a worker thread (``lib.server_guard.InferOffLoop``)."""
+inference requests, and the others that can take long, on worker threads (``lib.server_guard.OffLoop``)."""
 
 import io
 import os
@@ -153,3 +153,45 @@ def test_every_segmentation_takes_an_inference_slot(tmp_path):
         path, result = job.result(timeout=120)
     assert nib.load(path).shape == p.image.shape
     os.remove(path)
+
+
+def test_next_sample_that_scores_images_is_served_off_the_loop(server):
+    """The uncertainty strategy scores the unlabeled images it has no score for (an inference each, which
+    waits for a free slot): on the server's loop, that held every other request until it ended."""
+    srv = server[0]
+    with ThreadPoolExecutor(2) as pool:
+        running, _ = start_inference(pool, srv)
+        sample = pool.submit(requests.post, f"{srv.url}/activelearning/uncertainty", json={}, timeout=600)
+        time.sleep(1.0)
+        t = time.time()
+        r = requests.get(f"{srv.url}/info/", timeout=60)
+        info_s = time.time() - t
+        pending = (not running.done(), not sample.done())
+        assert running.result().status_code == 200
+        nxt = sample.result()
+    assert r.status_code == 200 and info_s < QUICK_S, info_s
+    assert pending == (True, True), pending
+    assert nxt.status_code == 200 and nxt.json()["id"] == "big", nxt.text[:300]  # the one unlabeled image
+
+
+def test_which_requests_run_off_the_servers_loop():
+    from lib.server_guard import OffLoop
+
+    layer = OffLoop(None, parallel=2)
+    lanes = {(method, path): layer.lane({"type": "http", "method": method, "path": path}) for method, path in (
+        ("POST", "/infer/liver_cascade"), ("POST", "/activelearning/uncertainty"), ("GET", "/proxy/dicom/wado/studies/1"),
+        ("POST", "/proxy/dicom/stow/studies"), ("GET", "/info/"), ("GET", "/datastore/"), ("GET", "/datastore/image"),
+        ("PUT", "/datastore/label"), ("GET", "/datastore/dataset"), ("PUT", "/session/"), ("GET", "/session/abc"),
+        # quick, or state that MONAI Label changes one request at a time: on the server's loop
+        ("POST", "/infer/wsi/x"), ("POST", "/train/"), ("DELETE", "/datastore/label"), ("GET", "/datastore/label/info"),
+        ("PUT", "/model/liver_cascade"), ("GET", "/docs"))}
+    assert lanes == {
+        ("POST", "/infer/liver_cascade"): "infer", ("POST", "/activelearning/uncertainty"): "sample",
+        ("GET", "/proxy/dicom/wado/studies/1"): "transfer", ("POST", "/proxy/dicom/stow/studies"): "transfer",
+        ("GET", "/info/"): "transfer", ("GET", "/datastore/"): "transfer", ("GET", "/datastore/image"): "transfer",
+        ("PUT", "/datastore/label"): "transfer", ("GET", "/datastore/dataset"): "transfer",
+        ("PUT", "/session/"): "transfer", ("GET", "/session/abc"): "transfer",
+        ("POST", "/infer/wsi/x"): None, ("POST", "/train/"): None, ("DELETE", "/datastore/label"): None,
+        ("GET", "/datastore/label/info"): None, ("PUT", "/model/liver_cascade"): None, ("GET", "/docs"): None}
+    assert layer.threads == {"infer": 2, "sample": 1, "transfer": OffLoop.TRANSFER_THREADS}
+    assert layer.lane({"type": "websocket", "path": "/infer/liver_cascade"}) is None

@@ -1,6 +1,6 @@
 """Editing a DICOMweb datastore through MONAI Label, as a DICOMweb black-box round did: label tags that
 leave the cache, OHIF .bin labels of the wrong size, images added or removed, SEGs deleted in Orthanc,
-correction scoring, a stalled or absent Orthanc, and processes sharing the series cache.
+correction scoring, a stalled or absent Orthanc (through the datastore and the proxy), and processes sharing the series cache.
 
 Own Orthanc and server per module (the session's are shared by tests/viewers/test_dicomweb.py)."""
 
@@ -10,13 +10,14 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 from dicomweb_helpers import helpers, require_orthanc, series_uid
 
-from lib.dicomweb import LIST_CACHE_SECONDS, SEG_SERIES_NUMBER
+from lib.dicomweb import DICOMWEB_RETRY_AFTER_S, LIST_CACHE_SECONDS, SEG_SERIES_NUMBER
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +244,7 @@ def test_a_stalled_or_absent_dicomweb_server(tmp_path, phantom_series):
     orthanc = OrthancServer(helpers.free_port(), tmp_path / "orthanc").start()
     orthanc.upload([phantom_series[0] / "dicom" / "phantom_000"])
     orthanc.stop()
+    uid = series_uid(phantom_series, "phantom_000")
     app = helpers.untrained_app(tmp_path / "app")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MONAI_LABEL_DATASTORE_CACHE_PATH", str(tmp_path / "cache"))
@@ -273,9 +275,32 @@ def test_a_stalled_or_absent_dicomweb_server(tmp_path, phantom_series):
                 t.join(200)
             assert len(answers) == 3 and all(code == 503 for code, _ in answers), answers
             assert max(w for _, w in answers) < 25, answers
+
+            # MONAI Label's DICOMweb proxy (OHIF's way to every image) had no timeout: on the stalled server
+            # it waited for good, and held every other request with it. A series' first fetch held them too.
+            time.sleep(DICOMWEB_RETRY_AFTER_S + 1)  # past the moment in which the datastore fails at once
+            with ThreadPoolExecutor(2) as pool:
+                t0 = time.time()
+                proxied = pool.submit(requests.get, f"{server.url}/proxy/dicom/qido/studies", timeout=120)
+                fetched = pool.submit(requests.get, f"{server.url}/datastore/image", params={"image": uid},
+                                      timeout=120)
+                time.sleep(1.0)
+                r = requests.get(f"{server.url}/docs", timeout=120)
+                meanwhile = (r.status_code, time.time() - t0, proxied.done(), fetched.done())
+                proxied, fetched = proxied.result(), fetched.result()
+                waited = time.time() - t0
+            assert meanwhile[0] == 200 and meanwhile[1] < 5 and not any(meanwhile[2:]), meanwhile
+            assert proxied.status_code == 503 and "unreachable" in proxied.text, proxied.text[:300]
+            assert fetched.status_code == 503 and "unreachable" in fetched.text, fetched.text[:300]
+            assert waited < 30, waited
         finally:
             os.kill(orthanc.proc.pid, signal.SIGCONT)
+        time.sleep(DICOMWEB_RETRY_AFTER_S + 1)  # the last stall's moment of failing at once
         assert requests.get(f"{server.url}/datastore/", params={"output": "stats"}, timeout=60).status_code == 200
+        r = requests.get(f"{server.url}/proxy/dicom/qido/studies", timeout=60)  # the proxy serves again
+        assert r.status_code == 200 and len(r.json()) == 1, r.text[:300]
+        r = requests.get(f"{server.url}/datastore/image", params={"image": uid}, timeout=120)
+        assert r.status_code == 200 and r.content[:2] == b"\x1f\x8b", r.text[:300]  # the series as NIfTI (gzip)
     finally:
         server.stop()
         orthanc.stop()

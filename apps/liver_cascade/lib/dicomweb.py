@@ -13,6 +13,8 @@ What changes against monailabel 0.8.5's own DICOMWebDatastore:
   upload or a saved SEG shows at once.
 """
 
+import http.cookiejar
+import io
 import logging
 import os
 import re
@@ -28,6 +30,7 @@ import pydicom
 import pydicom_seg
 import requests
 import SimpleITK as sitk
+import urllib3
 from cachetools import TTLCache
 from filelock import FileLock
 from monailabel.config import settings
@@ -103,6 +106,36 @@ class _TimeoutSession(requests.Session):
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
             self._down_until = time.monotonic() + DICOMWEB_RETRY_AFTER_S
             raise
+
+
+class ProxyRequests:
+    """What MONAI Label's DICOMweb proxy (``/proxy/dicom/...``, OHIF's way to every image) calls as ``requests``:
+    it called ``requests.get`` / ``post`` with no timeout, so a stalled DICOMweb server held the request,
+    and with it the whole server, for good. Here they time out (``DICOMWEB_TIMEOUT_S``, per read), fail at
+    once for a moment after a stall (``_TimeoutSession``), and read the body before returning, so that a
+    stall half-way through it is the same 503 (the server's handler for unreachable DICOMweb) rather than
+    a 500. The DICOMweb server's cookies are not kept: one session serves every user."""
+
+    def __init__(self):
+        self._session = _TimeoutSession()
+        self._session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+
+    def request(self, method: str, url: str, **kwargs) -> requests.Response:
+        response = self._session.request(method, url, **kwargs)
+        try:
+            body = response.raw.read()  # as the proxy reads it: undecoded, its headers passed on as they are
+        except urllib3.exceptions.HTTPError as e:  # a read timeout or a broken connection mid-body
+            raise requests.exceptions.ConnectionError(f"reading {url}: {e}") from e
+        finally:
+            response.close()
+        response.raw = io.BytesIO(body)
+        return response
+
+    def get(self, url: str, **kwargs) -> requests.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs) -> requests.Response:
+        return self.request("POST", url, **kwargs)
 
 
 def create_dicomweb_datastore(studies: str, cache_path: Optional[str] = None) -> "LiverDICOMWebDatastore":
@@ -276,9 +309,12 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         return os.path.realpath(os.path.join(base, series_uid))
 
     def _download(self, series_uid: str, kind: str = "images") -> str:
+        """The series' DICOM files in the cache, fetched once: requests run on several threads (a label read
+        back after a save, another client's read of the same label, an inference) and processes share it."""
         folder = self._series_dir(series_uid, kind)
-        if not os.path.isdir(folder) or not os.listdir(folder):
-            dicom_web_download_series(None, series_uid, folder, self._client, self._fetch_by_frame)
+        with FileLock(folder + ".download.lock"):  # not get_image_uri's ".lock", which it holds meanwhile
+            if not os.path.isdir(folder) or not os.listdir(folder):
+                dicom_web_download_series(None, series_uid, folder, self._client, self._fetch_by_frame)
         return folder
 
     def get_image_uri(self, image_id: str) -> str:

@@ -20,6 +20,7 @@ import re
 import shutil
 import tarfile
 import zipfile
+from typing import Optional
 
 import anyio
 import requests
@@ -190,23 +191,46 @@ class Unserved:
         return await self.app(scope, receive, send)
 
 
-class InferOffLoop:
-    """ASGI layer: inference requests (``POST /infer/{model}``) run on a worker thread, in an event loop of
-    their own, instead of on the server's. MONAI Label's endpoints are coroutines that block: while one
-    inference ran (seconds to minutes), the server answered nothing else, not even ``/info``. Now the
-    other requests are served meanwhile; inferences still run one at a time (``max_parallel_infers``).
-    The request's body and the response cross between the two loops. Requests beyond ``parallel`` wait on
-    the server's loop, holding no thread."""
+class OffLoop:
+    """ASGI layer: requests that can block run on worker threads, each in an event loop of its own, instead of
+    on the server's. MONAI Label's endpoints are coroutines that block: while one inference ran (seconds to
+    minutes), one Next Sample scored images, one series was fetched from DICOMweb, or one DICOMweb request
+    through MONAI Label's proxy (OHIF's every image) waited, the server answered nothing else, not even
+    ``/info``. Each lane has its own number of threads; requests beyond it wait on the server's loop,
+    holding no thread. The request's body and the response cross between the two loops.
 
-    INFER = re.compile(r"/infer/[^/]+/?\Z")  # not /infer/wsi/{model} (Unserved answers it)
+    Lanes (the first that matches; other requests stay on the server's loop):
+    - ``infer``: ``POST /infer/{model}``, ``max_parallel_infers`` at once;
+    - ``sample``: ``POST /activelearning/{strategy}``, one at a time, as MONAI Label served them (the
+      uncertainty strategy's hold on an offered image relies on it);
+    - ``transfer``: reads and writes that can wait on DICOMweb or on large files: ``/proxy/dicom/...``,
+      ``/info/``, the datastore's listing, images, labels and dataset download, session uploads;
+      ``TRANSFER_THREADS`` at once."""
+
+    TRANSFER_THREADS = 8  # a browser asks one host for about 6 things at once
+    LANES = (
+        ("infer", {"POST"}, re.compile(r"/infer/[^/]+/?\Z")),  # not /infer/wsi/{model} (Unserved answers it)
+        ("sample", {"POST"}, re.compile(r"/activelearning/[^/]+/?\Z")),
+        ("transfer", {"GET", "POST"}, re.compile(r"/proxy/dicom/")),
+        ("transfer", {"GET"}, re.compile(r"/(info|datastore)/?\Z|/datastore/dataset/?\Z")),
+        ("transfer", {"GET", "PUT"}, re.compile(r"/datastore/(image|label)/?\Z|/session/[^/]*/?\Z")),
+    )
 
     def __init__(self, app, parallel: int = 1):
         self.app = app
-        self.parallel = parallel
-        self._threads = None  # an anyio.CapacityLimiter, made on the server's loop
+        self.threads = {"infer": parallel, "sample": 1, "transfer": self.TRANSFER_THREADS}
+        self._limiters = {}  # anyio.CapacityLimiter per lane, made on the server's loop
+
+    def lane(self, scope) -> Optional[str]:
+        if scope["type"] != "http":
+            return None
+        path = scope.get("path", "")
+        return next((name for name, methods, route in self.LANES
+                     if scope["method"] in methods and route.match(path)), None)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or not self.INFER.match(scope.get("path", "")):
+        lane = self.lane(scope)
+        if lane is None:
             return await self.app(scope, receive, send)
         server_loop = asyncio.get_running_loop()
 
@@ -218,9 +242,9 @@ class InferOffLoop:
         def run():
             return asyncio.run(self.app(scope, on_server_loop(receive), on_server_loop(send)))
 
-        if self._threads is None:
-            self._threads = anyio.CapacityLimiter(self.parallel)
-        await anyio.to_thread.run_sync(run, limiter=self._threads)
+        if lane not in self._limiters:
+            self._limiters[lane] = anyio.CapacityLimiter(self.threads[lane])
+        await anyio.to_thread.run_sync(run, limiter=self._limiters[lane])
 
 
 class _JWTWithAlgorithms:
@@ -302,7 +326,10 @@ MAX_LOG_LINES = 1_000_000  # GET /logs/?lines=...: more overflowed MONAI Label's
 def install(app_instance, max_upload_bytes: int) -> None:
     """Put the checks in front of MONAI Label's endpoints (idempotent)."""
     import monailabel.app as server
-    from monailabel.endpoints import activelearning, batch_infer, datastore, infer, logs, model, scoring, session, train
+    from monailabel.endpoints import (activelearning, batch_infer, datastore, infer, logs, model, proxy, scoring,
+                                      session, train)
+
+    from lib.dicomweb import ProxyRequests
 
     infer_signature = inspect.signature(infer.run_inference)
 
@@ -459,6 +486,9 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(model, "delete_model", lambda *a, **k: None, around=no_inference_meanwhile)
     _remove_after_sending(datastore, "download_dataset")
 
+    if not isinstance(proxy.requests, ProxyRequests):
+        proxy.requests = ProxyRequests()
+
     async def dicomweb_unreachable(request, exc):
         return JSONResponse(status_code=503, content={
             "detail": f"the DICOMweb server is unreachable ({type(exc).__name__}); try again when it is back"})
@@ -469,7 +499,7 @@ def install(app_instance, max_upload_bytes: int) -> None:
         server.app.middleware_stack = None  # rebuilt on the next request, with the handlers
 
     def guarded(stack):
-        return UploadLimit(Unserved(InferOffLoop(stack, app_instance.app_conf.max_parallel_infers)), max_upload_bytes)
+        return UploadLimit(Unserved(OffLoop(stack, app_instance.app_conf.max_parallel_infers)), max_upload_bytes)
 
     stack = server.app.middleware_stack
     if stack is not None and not isinstance(stack, UploadLimit):
