@@ -6,6 +6,10 @@ runs of a stage (an ensemble), and/or in-plane flips of the input (test-time aug
     # stage one alone, another preset (e.g. weights saved by gpu_paper_experiment.py --save):
     .venv/bin/python scripts/average_models.py --holdout hcc_0697 --preset lite512 --models liver_resnet \
         --model-dirs <dir with liver_resnet_lite512.pt>[,<another>]
+    # a cascade of a 512-px stage one and the shipped 192-px stage two (run at 192 px on the liver's box):
+    .venv/bin/python scripts/average_models.py --holdout hcc_0697 --preset lite512 --models liver_cascade \
+        --model-dirs <dir with liver_resnet_lite512.pt> --stage2 apps/liver_cascade/model/liver_cascade_lite.pt \
+        --stage2-size 192
 
 Each stage's network is replaced by the average of the softmax of every member (each model
 directory's file for that stage, and each flip), inside the app's own infer task, so pre- and
@@ -49,6 +53,28 @@ class Averaged(torch.nn.Module):
         return torch.log((total / (len(self.networks) * len(self.flips))).clamp_min(1e-8))
 
 
+class AtSize(torch.nn.Module):
+    """``network`` run at the input size it was trained at: its input resized so that the larger in-plane side
+    is ``size`` (as the app's scales do), its output resized back. For a stage two trained at another size
+    than the stage one before it."""
+
+    def __init__(self, network: torch.nn.Module, size: int):
+        super().__init__()
+        self.network, self.size = network, size
+
+    def forward(self, x):
+        from lib.transforms.inference import scaled_size
+
+        h, w = x.shape[-2:]
+        size = scaled_size((h, w), self.size)
+        if size == (h, w):
+            return self.network(x)
+        y = torch.softmax(self.network(torch.nn.functional.interpolate(x, size=size, mode="bilinear",
+                                                                        align_corners=False)).float(), 1)
+        y = torch.nn.functional.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
+        return torch.log(y.clamp_min(1e-8))  # the infer code takes a softmax of it
+
+
 def main(argv=None):
     from train_demo_weights import REAL, score
 
@@ -60,6 +86,10 @@ def main(argv=None):
     ap.add_argument("--preset", default=None, help="network preset (default: the app's)")
     ap.add_argument("--models", default="liver_resnet,liver_cascade", help="which infer tasks to score")
     ap.add_argument("--crf", default=None, choices=CRF_MODES, help="CRF mode (default: the app's, the liver CRF)")
+    ap.add_argument("--stage2", default=None, help="a stage-two checkpoint run instead of the model folders' (not "
+                    "averaged), e.g. the shipped 192-px one after a 512-px stage one")
+    ap.add_argument("--stage2-size", type=int, default=None, help="run --stage2 at this input size (the size it was "
+                    "trained at) whatever the scales")
     ap.add_argument("--real-dir", default=str(ROOT.parent / "shared" / "real-ct" / "nifti"))
     ap.add_argument("--out", default=str(ROOT / "data-local" / "averaged"))
     args = ap.parse_args(argv)
@@ -75,7 +105,15 @@ def main(argv=None):
         task = make_task(model, dirs[0], {"preset": args.preset} if args.preset else None)
         get = task._models.get
 
+        stage2 = str(Path(args.stage2).resolve()) if args.stage2 and task.cascade else None
+        if stage2:
+            task.stage_paths = [*task.stage_paths[:-1], stage2]
+
         def averaged(path, device, how_to_train="", get=get):
+            if path == stage2:
+                net, info = get(path, device, how_to_train)
+                net = Averaged([net], flips)
+                return (AtSize(net, args.stage2_size) if args.stage2_size else net).eval(), info
             net, info = get(path, device, how_to_train)
             others = [load_checkpoint(str(Path(d) / Path(path).name), device)[0].eval() for d in dirs[1:]]
             return Averaged([net] + others, flips).eval(), info

@@ -56,3 +56,47 @@ def test_members_that_agree_give_the_single_model_result(tmp_path):
                                 "--out", str(tmp_path / "three")])
     assert list(one_stage) == ["liver_resnet"]
     assert one_stage["liver_resnet"]["liver_dice"] == pytest.approx(single["liver_resnet"]["liver_dice"], abs=1e-6)
+
+
+def test_a_stage_two_at_its_own_size():
+    """AtSize runs a network on its input resized to the size it was trained at and brings its softmax back."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1)).eval()
+    x = torch.randn(2, 1, 24, 16)
+    with torch.no_grad():
+        got = am.AtSize(net, 12)(x)
+        small = torch.nn.functional.interpolate(x, size=(12, 8), mode="bilinear", align_corners=False)
+        back = torch.nn.functional.interpolate(torch.softmax(net(small), 1), size=(24, 16), mode="bilinear",
+                                               align_corners=False)
+        assert got.shape == (2, 3, 24, 16)
+        assert torch.allclose(torch.softmax(got, 1), back, atol=1e-5)
+        assert torch.equal(am.AtSize(net, 24)(x), net(x))  # already at that size: the network as it is
+
+
+def test_another_stage_two_file_is_the_one_run(tmp_path):
+    """--stage2 replaces the model folder's stage two: the same file gives the same result, untrained weights
+    another one."""
+    from support import write_untrained_weights
+    from train_demo_weights import REAL
+
+    lits = ROOT / "sample-data" / "generated" / "lits"
+    real = tmp_path / "real"
+    real.mkdir()
+    img, lab = REAL["hcc_0697"]
+    shutil.copy(lits / "volume-1.nii.gz", real / img)
+    shutil.copy(lits / "segmentation-1.nii.gz", real / lab)
+    stage1 = tmp_path / "stage1"  # only stage one's file: the task needs no stage two of its own there
+    stage1.mkdir()
+    shutil.copy(APP / "model" / "liver_resnet_lite.pt", stage1)
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    write_untrained_weights(untrained)
+    args = ["--holdout", "hcc_0697", "--real-dir", str(real), "--models", "liver_cascade", "--preset", "lite"]
+    shipped = am.main(args + ["--model-dirs", str(APP / "model"), "--out", str(tmp_path / "a")])["liver_cascade"]
+    same = am.main(args + ["--model-dirs", str(stage1), "--stage2", str(APP / "model" / "liver_cascade_lite.pt"),
+                           "--stage2-size", "192", "--out", str(tmp_path / "b")])["liver_cascade"]
+    other = am.main(args + ["--model-dirs", str(stage1), "--stage2", str(untrained / "liver_cascade_lite.pt"),
+                            "--out", str(tmp_path / "c")])["liver_cascade"]
+    assert shipped["liver_dice"] > 0.5
+    assert same["liver_dice"] == pytest.approx(shipped["liver_dice"], abs=1e-6)
+    assert (other["liver_dice"], other["lesion_dice"]) != (shipped["liver_dice"], shipped["lesion_dice"])
