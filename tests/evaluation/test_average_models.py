@@ -19,6 +19,19 @@ def _net(seed):
     return torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3, padding=1), torch.nn.Conv2d(3, 3, 1)).eval()
 
 
+def phantom_as_patient(tmp_path):
+    """A sample phantom standing in for patient 0697 (files named as ../shared/real-ct's)."""
+    from train_demo_weights import REAL
+
+    lits = ROOT / "sample-data" / "generated" / "lits"
+    real = tmp_path / "real"
+    real.mkdir()
+    img, lab = REAL["hcc_0697"]
+    shutil.copy(lits / "volume-1.nii.gz", real / img)
+    shutil.copy(lits / "segmentation-1.nii.gz", real / lab)
+    return real
+
+
 def test_mean_of_softmax_over_members_and_flips():
     x = torch.randn(2, 1, 12, 10)
     a, b = _net(0), _net(1)
@@ -33,14 +46,7 @@ def test_mean_of_softmax_over_members_and_flips():
 
 def test_members_that_agree_give_the_single_model_result(tmp_path):
     """The shipped weights twice, on a sample phantom standing in for a real patient."""
-    from train_demo_weights import REAL
-
-    lits = ROOT / "sample-data" / "generated" / "lits"
-    real = tmp_path / "real"
-    real.mkdir()
-    img, lab = REAL["hcc_0697"]
-    shutil.copy(lits / "volume-1.nii.gz", real / img)
-    shutil.copy(lits / "segmentation-1.nii.gz", real / lab)
+    real = phantom_as_patient(tmp_path)
     model = str(APP / "model")
     args = ["--holdout", "hcc_0697", "--real-dir", str(real)]
     single = am.main(args + ["--model-dirs", model, "--out", str(tmp_path / "one")])
@@ -77,14 +83,7 @@ def test_another_stage_two_file_is_the_one_run(tmp_path):
     """--stage2 replaces the model folder's stage two: the same file gives the same result, untrained weights
     another one."""
     from support import write_untrained_weights
-    from train_demo_weights import REAL
-
-    lits = ROOT / "sample-data" / "generated" / "lits"
-    real = tmp_path / "real"
-    real.mkdir()
-    img, lab = REAL["hcc_0697"]
-    shutil.copy(lits / "volume-1.nii.gz", real / img)
-    shutil.copy(lits / "segmentation-1.nii.gz", real / lab)
+    real = phantom_as_patient(tmp_path)
     stage1 = tmp_path / "stage1"  # only stage one's file: the task needs no stage two of its own there
     stage1.mkdir()
     shutil.copy(APP / "model" / "liver_resnet_lite.pt", stage1)
