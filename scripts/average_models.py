@@ -110,13 +110,13 @@ def main(argv=None):
             task.stage_paths = [*task.stage_paths[:-1], stage2]
 
         def averaged(path, device, how_to_train="", get=get):
-            if path == stage2:
-                net, info = get(path, device, how_to_train)
-                net = Averaged([net], flips)
-                return (AtSize(net, args.stage2_size) if args.stage2_size else net).eval(), info
             net, info = get(path, device, how_to_train)
-            others = [load_checkpoint(str(Path(d) / Path(path).name), device)[0].eval() for d in dirs[1:]]
-            return Averaged([net] + others, flips).eval(), info
+            others = [] if path == stage2 else [load_checkpoint(str(Path(d) / Path(path).name), device)[0].eval()
+                                                for d in dirs[1:]]  # --stage2 is not averaged
+            net = Averaged([net] + others, flips)
+            if path == stage2 and args.stage2_size:
+                net = AtSize(net, args.stage2_size)
+            return net.eval(), info
 
         task._models.get = averaged
         out = Path(args.out) / f"pred_{args.holdout}_{model}.nii.gz"

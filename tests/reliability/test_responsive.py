@@ -134,7 +134,7 @@ def test_a_model_upload_waits_for_the_running_inference(server):
 
 
 def test_every_segmentation_takes_an_inference_slot(tmp_path):
-    """Uncertainty scoring (Next Sample) runs the infer task on the server's loop, not through /infer: it
+    """Uncertainty scoring (Next Sample) runs the infer task outside /infer (its own lane): it
     waits for a free slot like a request does."""
     import phantom
     from lib.evaluation.predict import make_task

@@ -5,8 +5,8 @@ oversized uploads with a 500 or not at all, and with authentication on it reject
 every token (see :class:`_JWTWithAlgorithms`). Its endpoint modules look their
 helpers up at call time (``infer.run_inference``, ``datastore.save_label``, ...),
 so we wrap those helpers with a check in front, and put ASGI layers in front of
-the application: the upload size, the routes this app cannot serve, and inference
-off the server's event loop. Nothing in site-packages is edited.
+the application: the upload size, the routes this app cannot serve, and the requests
+that can take long off the server's event loop. Nothing in site-packages is edited.
 """
 
 import asyncio

@@ -72,8 +72,8 @@ _slots_made = threading.Lock()
 
 def inference_slots(n: int) -> threading.Semaphore:
     """This process's inference slots (``--conf max_parallel_infers``): every segmentation takes one,
-    whichever path runs it (an infer request on its worker thread, the uncertainty scoring of a Next Sample
-    on the server's loop), so no more than ``n`` run at once: bounded memory. Made once, with the first
+    whichever path runs it (an infer request, or the uncertainty scoring of a Next Sample, each on its own
+    worker thread: lib/server_guard.py, OffLoop), so no more than ``n`` run at once: bounded memory. Made once, with the first
     caller's ``n`` (one app configuration per process)."""
     global _slots
     with _slots_made:
