@@ -159,3 +159,42 @@ def test_an_image_deleted_with_its_labels_can_be_added_again_at_once(studies):
     finally:
         if getattr(ds, "_observer", None):
             ds._observer.stop()
+
+
+def test_a_label_saved_while_its_image_is_removed_is_refused_and_leaves_no_file(studies, monkeypatch):
+    """An inference on an image that an annotator deletes meanwhile saves its label at the end. MONAI
+    Label's removal drops the labels' files, then the image's, then the index entry, without one lock:
+    a label saved in between was written, its file stayed behind when the image went, and a new image
+    added later under the same id came with that stale label."""
+    import threading
+
+    import monailabel.datastore.local as local
+    from fastapi import HTTPException
+
+    ds = _datastore(studies)
+    ds.save_label("case0", str(studies / "label0.nii.gz"), "final", {})
+    saved = []
+
+    def save_from_the_inference():
+        try:
+            ds.save_label("case0", str(studies / "label0.nii.gz"), "original", {})
+            saved.append("saved")
+        except HTTPException as e:
+            saved.append(e.status_code)
+
+    inference = threading.Thread(target=save_from_the_inference)
+    remove_file = local.remove_file
+
+    def remove_then_let_the_inference_save(path):
+        if path and path.endswith("case0.nii.gz") and "labels" not in path:  # the image: its labels are gone
+            inference.start()
+            inference.join(timeout=1.0)  # it saves now, or waits for the removal to end
+        return remove_file(path)
+
+    monkeypatch.setattr(local, "remove_file", remove_then_let_the_inference_save)
+    ds.remove_image("case0")
+    inference.join(timeout=10)
+    assert saved == [404]
+    assert not list((studies / "labels").rglob("case0*")), "a label file outlived its image"
+    ds.add_image("case0", str(studies / "case1.nii.gz"), {})  # a new image under the old id
+    assert ds.get_labels_by_image_id("case0") == {}

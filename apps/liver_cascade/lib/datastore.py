@@ -366,21 +366,28 @@ class SafeLocalDatastore(LocalDatastore):
         return image_id
 
     def remove_image(self, image_id: str) -> None:
+        """MONAI Label's removal (the labels' files, the image's, then the index), under one lock: a label
+        saved meanwhile (an inference on this image finishing) landed between the label removals and the
+        image's, and its file stayed behind, to be served as the label of a new image of the same id."""
         check_name(image_id, "image id")
-        if image_id not in self._datastore.objects:
-            raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
-        super().remove_image(image_id)
-        if self._auto_reload:
-            # MONAI Label then waits for the file event; and removing its labels first (remove_label's
-            # refresh) put the image, still on disk then, back in the index: adding it again got 409
-            self.refresh()
+        with self._locked():
+            self._load_changed_index()
+            if image_id not in self._datastore.objects:
+                raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+            super().remove_image(image_id)
+            if self._auto_reload:
+                # MONAI Label then waits for the file event; and removing its labels first (remove_label's
+                # refresh) put the image, still on disk then, back in the index: adding it again got 409
+                self.refresh()
 
     def remove_label(self, label_id: str, label_tag: str) -> None:
-        if not self.get_label_uri(label_id, label_tag):
-            raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
-        super().remove_label(label_id, label_tag)
-        if self._auto_reload:  # MONAI Label then waits for the file event: the label stayed listed for seconds
-            self.refresh()
+        with self._locked():  # the check, the file and the index at once (as remove_image)
+            self._load_changed_index()
+            if not self.get_label_uri(label_id, label_tag):
+                raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
+            super().remove_label(label_id, label_tag)
+            if self._auto_reload:  # MONAI Label then waits for the file event: the label stayed listed for seconds
+                self.refresh()
 
     def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
         check_name(image_id, "image id")
