@@ -51,6 +51,13 @@ def put_label(site, uid, data: bytes, tag="final", filename="label.nii.gz", para
     return requests.put(f"{site.url}/datastore/label", params={"image": uid, "tag": tag}, files=files, timeout=120)
 
 
+def orthanc_seg_ids(site) -> set:
+    """Orthanc's own ids of its SEG series."""
+    found = requests.post(f"{site.orthanc.url}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"}},
+                          timeout=30)
+    return set(found.json())
+
+
 def cache_files(site):
     return sorted((str(p.relative_to(site.cache)), p.stat().st_size) for p in site.cache.rglob("*")
                   if p.is_file() and p.suffix != ".lock")
@@ -304,3 +311,53 @@ def test_a_stalled_or_absent_dicomweb_server(tmp_path, phantom_series):
     finally:
         server.stop()
         orthanc.stop()
+
+
+def test_concurrent_saves_and_reads_of_a_final_label(site, phantom_series, tmp_path):
+    """Requests on DICOMweb datastores run on worker threads (lib/server_guard.py): two annotators saving the
+    same series' final label while others read it. MONAI Label rewrote the cached label and the index in
+    place, unlocked: reads were cut short ("Too little data for declared Content-Length" in the log, a
+    broken connection for the client). Each read must now be a whole label, one of the two saved."""
+    import nibabel as nib
+
+    uid = series_uid(phantom_series, "phantom_000")
+    truth = nib.load(str(phantom_series[0] / "datastore" / "labels" / "final" / "phantom_000.nii.gz"))
+    values = np.asarray(truth.dataobj)
+    labels = []
+    for k, v in enumerate((values, np.minimum(values, 1))):  # two different labels (with and without lesions)
+        nib.save(nib.Nifti1Image(v.astype(np.uint8), truth.affine), str(tmp_path / f"{k}.nii.gz"))
+        labels.append((tmp_path / f"{k}.nii.gz").read_bytes())
+    expected = {(int((values == 1).sum()), int((values == 2).sum())), (int((values > 0).sum()), 0)}
+    log_start, segs_before = len(site.log.read_text()), orthanc_seg_ids(site)
+    assert put_label(site, uid, labels[0]).status_code == 200
+    stop, results, lock = time.time() + 20, [], threading.Lock()
+
+    def save(k):
+        while time.time() < stop:
+            r = put_label(site, uid, labels[k])
+            with lock:
+                results.append(("save", r.status_code))
+
+    def read(n):
+        while time.time() < stop:
+            try:
+                r = requests.get(f"{site.url}/datastore/label", params={"label": uid, "tag": "final"}, timeout=60)
+                got = r.status_code
+                if r.ok:
+                    (tmp_path / f"read{n}.nii.gz").write_bytes(r.content)
+                    v = np.asarray(nib.load(str(tmp_path / f"read{n}.nii.gz")).dataobj)
+                    got = "whole" if (int((v == 1).sum()), int((v == 2).sum())) in expected else "another label"
+            except Exception as e:  # noqa: BLE001 - a read cut short, or a file that is not a label
+                got = type(e).__name__
+            with lock:
+                results.append(("read", got))
+
+    with ThreadPoolExecutor(5) as pool:
+        list(pool.map(lambda f: f[0](f[1]), [(save, 0), (save, 1), (read, 0), (read, 1), (read, 2)]))
+    reads = [g for kind, g in results if kind == "read"]
+    assert {g for kind, g in results if kind == "save"} == {200}, results
+    assert reads and set(reads) == {"whole"}, sorted(set(reads))
+    log = site.log.read_text()[log_start:]
+    assert "Traceback" not in log, log[log.find("Traceback"):][:2000]
+    for sid in orthanc_seg_ids(site) - segs_before:  # Orthanc's SEG list as it was
+        requests.delete(f"{site.orthanc.url}/series/{sid}", timeout=30).raise_for_status()

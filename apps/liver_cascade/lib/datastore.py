@@ -130,13 +130,136 @@ def require_label(datastore, label_id: str, label_tag: str) -> None:
         raise HTTPException(status_code=404, detail=f"no {label_tag!r} label for {label_id!r}")
 
 
+class SharedIndex:
+    """The index (``datastore_v2.json``) of a MONAI Label datastore, shared by the server's worker threads and
+    by the scoring and training processes MONAI Label starts; put before MONAI Label's datastore class in
+    the bases, and call ``_share_index()`` before its ``__init__``. Each change is a read-modify-write
+    under the index's file lock (which serialises this process's threads as well as the processes), and the
+    index is written to a temporary file and renamed. The local datastore and the DICOMweb cache both use it."""
+
+    def _share_index(self) -> None:
+        self._lock_holder = threading.local()  # does this thread hold the index's file lock (_locked)
+        self._known_index = None  # (inode, mtime, size) of the index as this process last read or wrote it
+
+    def _update_datastore_file(self, lock=True):
+        """MONAI Label writes the index in place; write it to a temporary file and rename instead, under
+        the file lock (taken here unless this thread holds it: MONAI Label's steps nest; its ``lock``
+        argument is kept for its callers and no longer needed)."""
+        with self._locked():
+            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            self._ignore_event_config = True
+            atomic_write(self._datastore_config_path, lambda f: f.write(text.encode()))
+            self._known_index = self._index_stamp()
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """The index's file lock, taken once per thread: a nested step (MONAI Label's refresh reads,
+        reconciles and writes) runs under the lock its caller holds instead of waiting for itself."""
+        if getattr(self._lock_holder, "held", False):
+            yield
+            return
+        with FileLock(self._lock_file):
+            self._lock_holder.held = True
+            try:
+                yield
+            finally:
+                self._lock_holder.held = False
+
+    def _index_stamp(self):
+        """Inode, modification time and size of the index: each atomic write makes a new file, so two
+        writes within one clock tick still differ."""
+        try:
+            st = os.stat(self._datastore_config_path)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns, st.st_size
+
+    def _load_changed_index(self) -> None:
+        """Read the index again if another process wrote it since this one last read or wrote it.
+
+        MONAI Label runs scoring (and training) in subprocesses that write their results to the index.
+        The server noticed such writes only through file-watch events, and a rename (how the index is
+        written, atomically) raises none it listens to: the scores never showed, and the server's next
+        write of its own copy erased them."""
+        if self._index_stamp() == self._known_index:
+            return
+        with self._locked():
+            stamp = self._index_stamp()
+            if stamp is None or stamp == self._known_index:
+                return
+            with open(self._datastore_config_path) as f:
+                self._datastore = LocalDatastoreModel.model_validate_json(f.read())
+            self._datastore.base_path = self._datastore_path
+            self._known_index = stamp
+
+    def _init_from_datastore_file(self, throw_exception=False):
+        """MONAI Label's (re)load of the index, through the one above (it runs inside refresh's lock)."""
+        try:
+            self._load_changed_index()
+        except ValueError as e:
+            logger.error(f"+++ Failed to load datastore => {e}")
+            if throw_exception:
+                raise
+
+    def refresh(self):
+        """MONAI Label's reconcile of the index with the files (after a delete, or a file event): its
+        read, changes and write under one lock, so a score another process writes meanwhile is kept."""
+        with self._locked():
+            super().refresh()
+
+    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
+        check_name(image_id, "image id")
+        with self._locked():  # read-modify-write: another process may have written since
+            self._load_changed_index()
+            obj = self._datastore.objects.get(image_id)
+            if not obj:
+                raise ImageNotFoundException(f"Image {image_id} not found")
+            obj.image.info.update(info)
+            self._update_datastore_file()
+
+    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
+        check_name(label_id, "label id")
+        check_name(label_tag, "label tag")
+        with self._locked():
+            self._load_changed_index()
+            label = self._datastore.label(label_id, label_tag)
+            if not label:
+                raise LabelNotFoundException(f"Label: {label_id} Tag: {label_tag} not found")
+            label.info.update(info)
+            self._update_datastore_file()
+
+    def _write_label(self, image_id: str, label_filename: str, label_tag: str, label_ext: str,
+                     label_info: Dict[str, Any]) -> bool:
+        """Copy ``label_filename`` in as ``image_id``'s ``label_tag`` label (written aside, then renamed: a
+        reader gets the old file or the new one, whole) and record it, under the lock; 404 if the image
+        is not (or no longer) in the index. Returns whether the file changed."""
+        label_path = self._datastore.label_path(label_tag)
+        name = self._filename(image_id, label_ext)
+        with self._locked():
+            self._load_changed_index()
+            obj = self._datastore.objects.get(image_id)
+            if not obj:
+                raise HTTPException(status_code=404, detail=f"image {image_id!r} was removed; label not saved")
+            os.makedirs(label_path, exist_ok=True)
+            old = obj.labels.get(label_tag)
+            target = os.path.join(label_path, name)
+            same = old is not None and os.path.isfile(target) and filecmp.cmp(label_filename, target, shallow=False)
+            atomic_copy(label_filename, target)
+            if old and old.ext != label_ext:  # the same label in another format: drop the stale file
+                stale = os.path.join(label_path, self._filename(image_id, old.ext))
+                if os.path.exists(stale):
+                    os.remove(stale)
+            obj.labels[label_tag] = DataModel(info=_stamped(label_info, name), ext=label_ext)
+            self._update_datastore_file()
+        return not same
+
+
 @_reading_the_current_index
-class SafeLocalDatastore(LocalDatastore):
+class SafeLocalDatastore(SharedIndex, LocalDatastore):
     def __init__(self, datastore_path: str, max_voxels: int, external_symlinks: bool = False, **kwargs):
         self._max_voxels = max_voxels
         self._external_symlinks = external_symlinks
-        self._lock_holder = threading.local()  # does this thread hold the index's file lock (_locked)
-        self._known_index = None  # (inode, mtime, size) of the index as this process last read or wrote it
+        self._share_index()
         self._saved = threading.local()  # last_saved, per thread: inferences save their labels on their own thread
         self._set_aside_corrupt_config(datastore_path, kwargs.get("datastore_config", "datastore_v2.json"))
         self._remove_partial_files(datastore_path)
@@ -193,73 +316,6 @@ class SafeLocalDatastore(LocalDatastore):
             else:
                 keep[name] = f
         return keep
-
-    def _update_datastore_file(self, lock=True):
-        """MONAI Label writes the index in place; write it to a temporary file and rename instead, under
-        the file lock (taken here unless this thread holds it: MONAI Label's steps nest; its ``lock``
-        argument is kept for its callers and no longer needed)."""
-        with self._locked():
-            text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            self._ignore_event_config = True
-            atomic_write(self._datastore_config_path, lambda f: f.write(text.encode()))
-            self._known_index = self._index_stamp()
-
-    # -- the index, shared with other processes ----------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self):
-        """The index's file lock, taken once per thread: a nested step (MONAI Label's refresh reads,
-        reconciles and writes) runs under the lock its caller holds instead of waiting for itself."""
-        if getattr(self._lock_holder, "held", False):
-            yield
-            return
-        with FileLock(self._lock_file):
-            self._lock_holder.held = True
-            try:
-                yield
-            finally:
-                self._lock_holder.held = False
-
-    def _index_stamp(self):
-        """Inode, modification time and size of the index: each atomic write makes a new file, so two
-        writes within one clock tick still differ."""
-        try:
-            st = os.stat(self._datastore_config_path)
-        except FileNotFoundError:
-            return None
-        return st.st_ino, st.st_mtime_ns, st.st_size
-
-    def _load_changed_index(self) -> None:
-        """Read the index again if another process wrote it since this one last read or wrote it.
-
-        MONAI Label runs scoring (and training) in subprocesses that write their results to the index.
-        The server noticed such writes only through file-watch events, and a rename (how the index is
-        written, atomically) raises none it listens to: the scores never showed, and the server's next
-        write of its own copy erased them."""
-        if self._index_stamp() == self._known_index:
-            return
-        with self._locked():
-            stamp = self._index_stamp()
-            if stamp is None or stamp == self._known_index:
-                return
-            with open(self._datastore_config_path) as f:
-                self._datastore = LocalDatastoreModel.model_validate_json(f.read())
-            self._datastore.base_path = self._datastore_path
-            self._known_index = stamp
-
-    def _init_from_datastore_file(self, throw_exception=False):
-        """MONAI Label's (re)load of the index, through the one above (it runs inside refresh's lock)."""
-        try:
-            self._load_changed_index()
-        except ValueError as e:
-            logger.error(f"+++ Failed to load datastore => {e}")
-            if throw_exception:
-                raise
-
-    def refresh(self):
-        """MONAI Label's reconcile of the index with the files (after a delete, or a file event): its
-        read, changes and write under one lock, so a score another process writes meanwhile is kept."""
-        with self._locked():
-            super().refresh()
 
     def files_stamp(self) -> tuple:
         """Names and modification times of the images and of the final and original labels: what the
@@ -341,28 +397,11 @@ class SafeLocalDatastore(LocalDatastore):
         except InputError as e:
             raise HTTPException(status_code=e.status, detail=f"label not saved: {e}") from e
 
-        label_path = self._datastore.label_path(label_tag)
-        name = self._filename(image_id, label_ext)
         self.last_saved = None
-        with self._locked():
-            self._load_changed_index()
-            obj = self._datastore.objects.get(image_id)
-            if not obj:
-                raise HTTPException(status_code=404, detail=f"image {image_id!r} was removed; label not saved")
-            os.makedirs(label_path, exist_ok=True)
-            old = obj.labels.get(label_tag)
-            target = os.path.join(label_path, name)
-            same = old is not None and os.path.isfile(target) and filecmp.cmp(label_filename, target, shallow=False)
-            atomic_copy(label_filename, target)
-            if old and old.ext != label_ext:  # the same label in another format: drop the stale file
-                stale = os.path.join(label_path, self._filename(image_id, old.ext))
-                if os.path.exists(stale):
-                    os.remove(stale)
-            obj.labels[label_tag] = DataModel(info=_stamped(label_info, name), ext=label_ext)
-            self._update_datastore_file()
+        changed = self._write_label(image_id, label_filename, label_tag, label_ext, label_info)
         # what the app's on_save_label, called next in the same request (on the same thread), needs and
         # MONAI Label does not pass: the tag, and whether the file changed
-        self.last_saved = SavedLabel(image_id, label_tag, changed=not same)
+        self.last_saved = SavedLabel(image_id, label_tag, changed=changed)
         return image_id
 
     def remove_image(self, image_id: str) -> None:
@@ -389,23 +428,3 @@ class SafeLocalDatastore(LocalDatastore):
             if self._auto_reload:  # MONAI Label then waits for the file event: the label stayed listed for seconds
                 self.refresh()
 
-    def update_image_info(self, image_id: str, info: Dict[str, Any]) -> None:
-        check_name(image_id, "image id")
-        with self._locked():  # read-modify-write: another process may have written since
-            self._load_changed_index()
-            obj = self._datastore.objects.get(image_id)
-            if not obj:
-                raise ImageNotFoundException(f"Image {image_id} not found")
-            obj.image.info.update(info)
-            self._update_datastore_file()
-
-    def update_label_info(self, label_id: str, label_tag: str, info: Dict[str, Any]) -> None:
-        check_name(label_id, "label id")
-        check_name(label_tag, "label tag")
-        with self._locked():
-            self._load_changed_index()
-            label = self._datastore.label(label_id, label_tag)
-            if not label:
-                raise LabelNotFoundException(f"Label: {label_id} Tag: {label_tag} not found")
-            label.info.update(info)
-            self._update_datastore_file()

@@ -43,7 +43,7 @@ from monailabel.utils.others.generic import remove_file
 from fastapi import HTTPException
 from pydicom.dataset import Dataset
 
-from lib.datastore import check_name, require_label
+from lib.datastore import SharedIndex, _reading_the_current_index, check_name, require_label
 from lib.settings import BACKGROUND, LABEL_COLORS, LABELS
 from lib.validation import InputError, check_label_matches, read_geometry
 
@@ -282,19 +282,20 @@ def label_to_seg(label: sitk.Image, source_files: List[str], description: str,
 # ----------------------------------------------------------------------------
 
 
-class LiverDICOMWebDatastore(DICOMWebDatastore):
+@_reading_the_current_index
+class LiverDICOMWebDatastore(SharedIndex, DICOMWebDatastore):
+    """MONAI Label's DICOMweb datastore: series and SEGs on the DICOMweb server, a local cache (NIfTI files
+    and an index) that the server's threads, the file watcher and the scoring and training processes share
+    (lib/datastore.py, SharedIndex: each change to the index under its lock, labels and index written aside
+    and renamed; MONAI Label changed it in place, unlocked: a label read during another save got the file
+    half-written, and two reconciles at once failed with "dictionary changed size during iteration")."""
+
     def __init__(self, client, search_filter: Dict[str, Any], cache_path: Optional[str] = None, fetch_by_frame=False):
+        self._share_index()
         super().__init__(client, search_filter, cache_path, fetch_by_frame, convert_to_nifti=True)
         self._seg_refs: Dict[str, dict] = {}  # SEG series uid -> referenced series, study, time (SEGs don't change)
         self._lists = TTLCache(maxsize=4, ttl=LIST_CACHE_SECONDS)
         self._lock = threading.RLock()
-        self._refresh_lock = threading.RLock()
-
-    def refresh(self):
-        """MONAI Label's reconcile of the cache's index with its files, one at a time: the file watcher's
-        thread runs it too, and two at once failed ("dictionary changed size during iteration")."""
-        with self._refresh_lock:
-            super().refresh()
 
     def _cached(self, key: str, compute):
         with self._lock:
@@ -342,9 +343,10 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
     def _register_image(self, image_id: str, nii: str) -> None:
         """The cached series in the local index (LocalDatastore.add_image would copy the file again, in place)."""
         info = dict(self._dicom_info(image_id), ts=int(time.time()), name=os.path.basename(nii))
-        with FileLock(self._lock_file):
+        with self._locked():
+            self._load_changed_index()
             self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=".nii.gz"))
-            self._update_datastore_file(lock=False)
+            self._update_datastore_file()
 
     def add_image(self, image_id: str, image_filename: str, image_info: Dict[str, Any]) -> str:
         raise HTTPException(status_code=405, detail="the images of a DICOMweb datastore are the series of the "
@@ -422,23 +424,34 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         labeled = set(self.get_labeled_images())
         return [i for i in self.list_images() if i not in labeled]
 
+    def _synced_label(self, image_id: str, seg_uids: List[str]) -> str:
+        """The cached final label of ``image_id`` if it was read from exactly ``seg_uids``; "" otherwise."""
+        uri = LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
+        current = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL)
+        return uri if uri and os.path.exists(uri) and current.get("seg_series") == seg_uids else ""
+
     def sync_label(self, image_id: str, seg_uids: List[str]) -> str:
         """The local final label of `image_id`, rebuilt when the set of SEGs referencing it changed."""
-        current = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL)
-        uri = LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
-        if uri and os.path.exists(uri) and current.get("seg_series") == seg_uids:
+        uri = self._synced_label(image_id, seg_uids)
+        if uri:
             return uri
         reference = sitk.ReadImage(self.get_image_uri(image_id))
         files = [os.path.join(d, sorted(os.listdir(d))[0]) for d in (self._download(u, "segs") for u in seg_uids)]
         with tempfile.TemporaryDirectory() as tmp:
             out = os.path.join(tmp, "label.nii.gz")
             sitk.WriteImage(seg_to_label(files, reference), out, True)
-            info = dict(self._dicom_info(image_id), seg_series=seg_uids)
-            if seg_uids and (current.get("seg_series") or [None])[-1] == seg_uids[-1]:
-                # the newest SEG is the same (an older one was deleted): its save request's info stays
-                info.update({k: v for k, v in current.items() if k not in SYNCED_INFO_KEYS})
-            LocalDatastore.save_label(self, image_id, out, DefaultLabelTag.FINAL, info)
-        return LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
+            info = dict(self._dicom_info(image_id), seg_series=seg_uids)  # a query: not under the lock
+            with self._locked():
+                self._load_changed_index()
+                uri = self._synced_label(image_id, seg_uids)  # another thread or process read them meanwhile
+                if uri:
+                    return uri
+                current = LocalDatastore.get_label_info(self, image_id, DefaultLabelTag.FINAL)
+                if seg_uids and (current.get("seg_series") or [None])[-1] == seg_uids[-1]:
+                    # the newest SEG is the same (an older one was deleted): its save request's info stays
+                    info.update({k: v for k, v in current.items() if k not in SYNCED_INFO_KEYS})
+                self._write_label(image_id, out, DefaultLabelTag.FINAL, ".nii.gz", info)
+                return LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL)
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
         image_id = image_id or label_id
@@ -458,12 +471,14 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
     def _prune_finals(self, segs: Dict[str, List[str]]) -> None:
         """Remove the cached final labels whose SEGs were deleted from the server (the way USAGE gives to
         delete one): they were still served and listed until the next training."""
-        gone = [i for i in LocalDatastore.get_labeled_images(self) if i not in segs]
-        for image_id in gone:
-            logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
-            remove_file(LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL))
-        if gone:  # the index now, not when the file watcher's event comes
-            self.refresh()
+        with self._locked():
+            self._load_changed_index()
+            gone = [i for i in LocalDatastore.get_labeled_images(self) if i not in segs]
+            for image_id in gone:
+                logger.info(f"{image_id}: no SEG on the server any more; local final label removed")
+                remove_file(LocalDatastore.get_label_uri(self, image_id, DefaultLabelTag.FINAL))
+            if gone:  # the index now, not when the file watcher's event comes
+                self.refresh()
 
     def _download_labeled_data(self):
         segs = self._segs_by_image()
@@ -511,7 +526,9 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             except InputError as e:
                 raise HTTPException(status_code=e.status, detail=f"label not saved: {e}") from e
             if label_tag != DefaultLabelTag.FINAL:
-                return LocalDatastore.save_label(self, image_id, label_filename, label_tag, label_info)
+                _, ext = self._to_id(os.path.basename(label_filename))
+                self._write_label(image_id, label_filename, label_tag, ext, label_info)
+                return image_id
             reference = sitk.ReadImage(image_uri)
             # the grids match (checked): resampling puts the label in the series' voxel order
             label = sitk.Resample(sitk.ReadImage(label_filename), reference, sitk.Transform(),
@@ -535,7 +552,7 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
             self.sync_label(image_id, self._segs_by_image()[image_id])  # read back from the server
             extra = {k: v for k, v in (label_info or {}).items() if k not in SYNCED_INFO_KEYS}
             if extra:  # the request's label info (the SEG carries the label, not these)
-                LocalDatastore.update_label_info(self, image_id, DefaultLabelTag.FINAL, extra)
+                self.update_label_info(image_id, DefaultLabelTag.FINAL, extra)
             return image_id
         finally:
             if tmp:
@@ -546,4 +563,8 @@ class LiverDICOMWebDatastore(DICOMWebDatastore):
         if label_tag == DefaultLabelTag.FINAL:  # a final label is a SEG in the DICOMweb server: not ours to delete
             raise HTTPException(status_code=501, detail="final labels are DICOM SEG series in the DICOMweb server; "
                                                         "delete the SEG series there (e.g. Orthanc's interface)")
-        LocalDatastore.remove_label(self, label_id, label_tag)
+        with self._locked():
+            self._load_changed_index()
+            require_label(self, label_id, label_tag)
+            LocalDatastore.remove_label(self, label_id, label_tag)
+            self.refresh()  # the index now, not when the file watcher's event comes

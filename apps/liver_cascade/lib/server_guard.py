@@ -298,26 +298,46 @@ def _wrap(module, name, check, around=contextlib.nullcontext):
     setattr(module, name, guarded)
 
 
-def _remove_after_sending(module, name) -> None:
-    """The dataset ZIP MONAI Label writes to /tmp for each download was never removed (1.7 MB per
-    download of the sample datastore, piling up): removed once sent."""
+def _on_response(module, name, change) -> None:
+    """``change(response)`` on what ``module.name`` returns (idempotent)."""
     original = getattr(module, name)
     if getattr(original, "_liver_cascade_guard", False):
         return
 
     @functools.wraps(original)
-    def sent_then_removed(*args, **kwargs):
-        from monailabel.utils.others.generic import remove_file
-        from starlette.background import BackgroundTask
-        from starlette.responses import FileResponse
+    def changed(*args, **kwargs):
+        return change(original(*args, **kwargs))
 
-        response = original(*args, **kwargs)
-        if isinstance(response, FileResponse) and response.background is None:
-            response.background = BackgroundTask(remove_file, response.path)
+    changed._liver_cascade_guard = True
+    setattr(module, name, changed)
+
+
+def _removed_once_sent(response):
+    """The dataset ZIP MONAI Label writes to /tmp for each download was never removed (1.7 MB per
+    download of the sample datastore, piling up): removed once sent."""
+    from monailabel.utils.others.generic import remove_file
+    from starlette.background import BackgroundTask
+    from starlette.responses import FileResponse
+
+    if isinstance(response, FileResponse) and response.background is None:
+        response.background = BackgroundTask(remove_file, response.path)
+    return response
+
+
+def _read_whole(response):
+    """A label can be replaced (written aside, then renamed) while it is downloaded: another annotator's
+    save. FileResponse took the size from the path and opened the path again when sending: a save in
+    between sent a file cut short (a broken connection). The label is read once, whole, and sent from
+    memory (a few MB at most)."""
+    from starlette.responses import FileResponse, Response
+
+    if not isinstance(response, FileResponse):
         return response
-
-    sent_then_removed._liver_cascade_guard = True
-    setattr(module, name, sent_then_removed)
+    with open(response.path, "rb") as f:
+        content = f.read()
+    disposition = response.headers.get("content-disposition")  # the file's name, for the client
+    return Response(content, media_type=response.media_type, background=response.background,
+                    headers={"content-disposition": disposition} if disposition else None)
 
 
 MAX_LOG_LINES = 1_000_000  # GET /logs/?lines=...: more overflowed MONAI Label's line buffer (500)
@@ -484,7 +504,8 @@ def install(app_instance, max_upload_bytes: int) -> None:
 
     _wrap(model, "update_model", model_upload_check, around=no_inference_meanwhile)
     _wrap(model, "delete_model", lambda *a, **k: None, around=no_inference_meanwhile)
-    _remove_after_sending(datastore, "download_dataset")
+    _on_response(datastore, "download_dataset", _removed_once_sent)
+    _on_response(datastore, "download_label", _read_whole)
 
     if not isinstance(proxy.requests, ProxyRequests):
         proxy.requests = ProxyRequests()
