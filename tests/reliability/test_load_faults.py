@@ -1,6 +1,8 @@
 """Load and faults through the real server: concurrent inference during training, a killed
-training run, a killed server, and a kill in the middle of label saves. Nothing is lost."""
+training run, a killed server, a kill in the middle of label saves, and label downloads during saves.
+Nothing is lost."""
 
+import collections
 import io
 import json
 import os
@@ -264,3 +266,46 @@ def test_killed_server_keeps_every_saved_label_and_saves_are_atomic(setup, refs)
         assert list(studies.glob("datastore_v2.json.corrupt-*"))
     finally:
         srv.stop()
+
+
+def test_label_downloads_during_saves_are_whole(setup, refs):
+    """Two annotators save one image's label while three clients download it (downloads run on worker
+    threads). A save replaces the file (written aside, renamed) between the moment MONAI Label's download
+    takes the file's size and the moment it opens it: about one download in eight broke off (the client's
+    ChunkedEncodingError, a traceback in the log). Each download is now the old label or the new one."""
+    ref = refs["case3"]
+    uploads = [label_bytes(ref.label, ref.affine), label_bytes(np.minimum(ref.label, 1), ref.affine)]
+    sizes = {len(u) for u in uploads}
+    server = start(setup, "concurrent_labels")
+    url, params = f"{server.url}/datastore/label", {"image": "case3", "tag": "final"}
+    try:
+        log_start = len(server.log.read_text())
+        stop, results, lock = time.time() + 15, [], threading.Lock()
+
+        def save(k):
+            while time.time() < stop:
+                r = requests.put(url, params=params, files={"label": ("l.nii.gz", io.BytesIO(uploads[k]))}, timeout=60)
+                with lock:
+                    results.append(("save", r.status_code))
+
+        def read(_):
+            while time.time() < stop:
+                try:
+                    r = requests.get(url, params={"label": "case3", "tag": "final"}, timeout=60)
+                    got = r.status_code if r.status_code != 200 else "whole" if len(r.content) in sizes else "other"
+                except requests.RequestException as e:
+                    got = type(e).__name__
+                with lock:
+                    results.append(("read", got))
+
+        requests.put(url, params=params, files={"label": ("l.nii.gz", io.BytesIO(uploads[0]))}, timeout=60).raise_for_status()
+        with ThreadPoolExecutor(5) as pool:
+            list(pool.map(lambda f: f[0](f[1]), [(save, 0), (save, 1), (read, 0), (read, 1), (read, 2)]))
+        reads = [g for kind, g in results if kind == "read"]
+        assert {g for kind, g in results if kind == "save"} == {200}
+        assert len(reads) > 50 and set(reads) == {"whole"}, collections.Counter(reads)
+        log = server.log.read_text()[log_start:]
+        assert "Traceback" not in log, log[log.find("Traceback"):][:2000]
+        assert requests.delete(url, params={"id": "case3", "tag": "final"}, timeout=60).status_code == 200
+    finally:
+        server.stop()
