@@ -44,6 +44,10 @@ def test_slicer_contract(tmp_path, server_factory):
     assert res["image"] == "ct2"
     ds = client.datastore()
     assert "final" in ds["objects"]["ct2"]["labels"]
+    # the client's label download names the file from the answer's Content-Disposition
+    downloaded = client.download_label("ct2", "final")
+    ct2 = sitk.ReadImage(str(studies / "ct2.nii.gz"))
+    assert downloaded.endswith(".nrrd") and sitk.ReadImage(downloaded).GetSize() == ct2.GetSize(), downloaded
     assert not client.next_sample("uncertainty", {}).get("id")  # nothing left to label
 
     # "Train": Slicer sends the trainer's whole config from /info (a list: the option chosen, here its

@@ -334,6 +334,9 @@ def test_a_model_upload_must_be_a_model_of_that_network(server, tmp_path):
     # the model it replaced is kept for a roll-back (it was lost)
     assert (server.app / "model" / "liver_resnet_lite.pt.previous").read_bytes() == before
     assert requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"}, timeout=300).status_code == 200
+    r = requests.get(f"{server.url}/model/liver_resnet", timeout=60)  # sent from the file as opened (server_guard)
+    assert r.status_code == 200 and r.content == weights.read_bytes(), r.status_code
+    assert r.headers["content-length"] == str(len(r.content)) and "liver_resnet.pt" in r.headers["content-disposition"]
 
 
 def test_routes_the_app_cannot_serve_get_404_not_500(server):

@@ -324,20 +324,26 @@ def _removed_once_sent(response):
     return response
 
 
-def _read_whole(response):
-    """A label can be replaced (written aside, then renamed) while it is downloaded: another annotator's
-    save. FileResponse took the size from the path and opened the path again when sending: a save in
-    between sent a file cut short (a broken connection). The label is read once, whole, and sent from
-    memory (a few MB at most)."""
-    from starlette.responses import FileResponse, Response
+def _sent_as_opened(response):
+    """A label (another annotator's save) or a model (a training run's publication) can be replaced, written
+    aside and renamed, while it is downloaded. FileResponse took the size from the path and opened the path
+    again to send it: a replacement in between sent a file cut short (a broken connection). The file is
+    opened once, here, and sent from that open file: the old version or the new one, whole."""
+    from starlette.responses import FileResponse, StreamingResponse
 
     if not isinstance(response, FileResponse):
         return response
-    with open(response.path, "rb") as f:
-        content = f.read()
-    disposition = response.headers.get("content-disposition")  # the file's name, for the client
-    return Response(content, media_type=response.media_type, background=response.background,
-                    headers={"content-disposition": disposition} if disposition else None)
+    f = open(response.path, "rb")
+    headers = {"content-length": str(os.fstat(f.fileno()).st_size)}
+    if response.headers.get("content-disposition"):  # the file's name, for the client
+        headers["content-disposition"] = response.headers["content-disposition"]
+
+    def chunks():
+        with f:
+            while chunk := f.read(1 << 20):
+                yield chunk
+
+    return StreamingResponse(chunks(), media_type=response.media_type, headers=headers, background=response.background)
 
 
 MAX_LOG_LINES = 1_000_000  # GET /logs/?lines=...: more overflowed MONAI Label's line buffer (500)
@@ -505,7 +511,8 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(model, "update_model", model_upload_check, around=no_inference_meanwhile)
     _wrap(model, "delete_model", lambda *a, **k: None, around=no_inference_meanwhile)
     _on_response(datastore, "download_dataset", _removed_once_sent)
-    _on_response(datastore, "download_label", _read_whole)
+    _on_response(datastore, "download_label", _sent_as_opened)
+    _on_response(model, "download_model", _sent_as_opened)
 
     if not isinstance(proxy.requests, ProxyRequests):
         proxy.requests = ProxyRequests()
