@@ -16,6 +16,9 @@ class FakeDatastore:
     def get_unlabeled_images(self, *args):
         return sorted(self.images)
 
+    def list_images(self):
+        return sorted(self.images)
+
     def get_image_uri(self, image_id):
         return self.images[image_id]
 
@@ -95,3 +98,43 @@ def test_next_sample_does_not_offer_two_annotators_the_same_image():
     ds.info = {k: {} for k in scores}
     strategy.hold_s = 0
     assert [next_sample("ann1"), next_sample("ann2")] == ["a", "a"]
+
+
+def test_an_image_removed_while_it_is_scored_is_skipped(tmp_path):
+    """An annotator deleting an image while the scoring runs (Next Sample's, or the scoring process after a
+    save) failed the whole run: a 500 for that Next Sample, the remaining images unscored."""
+    from support import file_datastore, small_phantom_studies
+
+    from lib.evaluation.predict import make_task
+    from lib.scoring.correction import CorrectionDice
+    from lib.scoring.uncertainty import LiverUncertainty
+
+    studies = small_phantom_studies(tmp_path, seed=50, n=3)
+    ds = file_datastore(studies)
+    uncertainty = LiverUncertainty(make_task("liver_cascade", str(APP / "model")))
+
+    def score_image(path):  # case1 is deleted while the network segments it
+        if path.endswith("case1.nii.gz"):
+            ds.remove_image("case1")
+            raise FileNotFoundError(path)
+        return 0.5
+
+    uncertainty.score_image = score_image
+    scores = uncertainty({}, ds)  # (the labels beside the cases are images of this datastore too)
+    assert "case1" not in scores and scores["case0"] == scores["case2"] == 0.5
+
+    ds2 = file_datastore(studies)
+    for i in (0, 2):
+        for tag in ("final", "original"):
+            ds2.save_label(f"case{i}", str(studies / f"label{i}.nii.gz"), tag, {"model": "liver_cascade"})
+    read, deleted = ds2.get_label_uri, []
+
+    def get_label_uri(label_id, tag):  # case0 is deleted between the reads of its two labels
+        if (label_id, tag) == ("case0", "original") and not deleted:
+            deleted.append(label_id)
+            ds2.remove_image("case0")
+        return read(label_id, tag)
+
+    ds2.get_label_uri = get_label_uri
+    scores = CorrectionDice()({}, ds2)
+    assert sorted(scores) == ["case2"] and scores["case2"]["liver"] == 1.0

@@ -309,3 +309,20 @@ def test_label_downloads_during_saves_are_whole(setup, refs):
         assert requests.delete(url, params={"id": "case3", "tag": "final"}, timeout=60).status_code == 200
     finally:
         server.stop()
+
+
+def test_a_download_of_a_file_removed_meanwhile_is_404(tmp_path):
+    """An image or label deleted between the download endpoint's check and the sending answered 500 (a
+    traceback in the log; seen with a delete and re-add of an image while others downloaded it)."""
+    from fastapi import HTTPException
+    from starlette.responses import FileResponse
+
+    from lib.server_guard import _sent_as_opened
+
+    kept = tmp_path / "kept.nii.gz"
+    kept.write_bytes(b"x" * 3000)
+    sent = _sent_as_opened(FileResponse(str(kept), filename="kept.nii.gz"))
+    assert sent.headers["content-length"] == "3000" and "kept.nii.gz" in sent.headers["content-disposition"]
+    with pytest.raises(HTTPException) as e:
+        _sent_as_opened(FileResponse(str(tmp_path / "gone.nii.gz"), filename="gone.nii.gz"))
+    assert e.value.status_code == 404 and "removed" in e.value.detail

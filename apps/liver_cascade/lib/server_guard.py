@@ -326,14 +326,17 @@ def _removed_once_sent(response):
 
 def _sent_as_opened(response):
     """A label (another annotator's save) or a model (a training run's publication) can be replaced, written
-    aside and renamed, while it is downloaded. FileResponse took the size from the path and opened the path
+    aside and renamed, and an image or label removed, while it is downloaded. FileResponse took the size from the path and opened the path
     again to send it: a replacement in between sent a file cut short (a broken connection). The file is
     opened once, here, and sent from that open file: the old version or the new one, whole."""
     from starlette.responses import FileResponse, StreamingResponse
 
     if not isinstance(response, FileResponse):
         return response
-    f = open(response.path, "rb")
+    try:
+        f = open(response.path, "rb")
+    except FileNotFoundError:  # removed since the endpoint found it (an image or label delete): was a 500
+        raise HTTPException(status_code=404, detail=f"{os.path.basename(response.path)} was removed meanwhile") from None
     headers = {"content-length": str(os.fstat(f.fileno()).st_size)}
     if response.headers.get("content-disposition"):  # the file's name, for the client
         headers["content-disposition"] = response.headers["content-disposition"]
@@ -512,6 +515,7 @@ def install(app_instance, max_upload_bytes: int) -> None:
     _wrap(model, "delete_model", lambda *a, **k: None, around=no_inference_meanwhile)
     _on_response(datastore, "download_dataset", _removed_once_sent)
     _on_response(datastore, "download_label", _sent_as_opened)
+    _on_response(datastore, "download_image", _sent_as_opened)
     _on_response(model, "download_model", _sent_as_opened)
 
     if not isinstance(proxy.requests, ProxyRequests):

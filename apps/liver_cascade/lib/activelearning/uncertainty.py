@@ -66,7 +66,8 @@ class LiverUncertaintyStrategy(Strategy):
         if not images:
             return None
         scores = self.scoring(request, datastore)
-        ranked = sorted(((scores[i], i) for i in images if i in scores), reverse=True)
+        present = set(datastore.list_images())  # not one removed while the others were scored
+        ranked = sorted(((scores[i], i) for i in images if i in scores and i in present), reverse=True)
         if not ranked:
             return None
         if self.hold_s <= 0:  # MONAI Label's behaviour: the most uncertain image for everyone

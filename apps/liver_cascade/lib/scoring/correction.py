@@ -11,6 +11,7 @@ from monai.transforms import LoadImage
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
+from lib.scoring import each_image
 from lib.settings import LABELS
 
 logger = logging.getLogger(__name__)
@@ -42,18 +43,21 @@ class CorrectionDice(ScoringMethod):
     def __call__(self, request, datastore: Datastore):
         loader = LoadImage(image_only=True)
         result = {}
-        for image_id in datastore.get_labeled_images(DefaultLabelTag.FINAL):
+
+        def score_one(image_id):
             final_id = datastore.get_label_by_image_id(image_id, DefaultLabelTag.FINAL)
             orig_id = datastore.get_label_by_image_id(image_id, DefaultLabelTag.ORIGINAL)
             if not final_id or not orig_id:
-                continue
+                return
             ref = spatial(loader(datastore.get_label_uri(final_id, DefaultLabelTag.FINAL)))
             pred = spatial(loader(datastore.get_label_uri(orig_id, DefaultLabelTag.ORIGINAL)))
             if ref.shape != pred.shape:
                 logger.warning(f"{image_id}: original {pred.shape} and final {ref.shape} differ in shape; skipped")
-                continue
+                return
             dice = class_dice(np.rint(pred).astype(np.int16), np.rint(ref).astype(np.int16))
             dice["model"] = datastore.get_label_info(orig_id, DefaultLabelTag.ORIGINAL).get("model")
             datastore.update_image_info(image_id, {INFO_KEY: dice})
             result[image_id] = dice
+
+        each_image(datastore, datastore.get_labeled_images(DefaultLabelTag.FINAL), score_one, "correction_dice")
         return result

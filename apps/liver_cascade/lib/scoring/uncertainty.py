@@ -19,6 +19,7 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.tasks.infer.basic_infer import CallBackTypes
 
+from lib.scoring import each_image
 from lib.validation import InputError
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,13 @@ class LiverUncertainty(ScoringMethod):
             logger.info("Uncertainty scoring skipped: model files are missing")
             return {}
         result = {}
-        for image_id in datastore.get_unlabeled_images():
+
+        def score_one(image_id):
             info = datastore.get_image_info(image_id).get(INFO_KEY, {})
             if info.get("model") == stamp:
                 if info.get("score") is not None:
                     result[image_id] = info["score"]
-                continue
+                return
             t0 = time.time()
             try:
                 score = self.score_image(datastore.get_image_uri(image_id))
@@ -83,8 +85,10 @@ class LiverUncertainty(ScoringMethod):
                 logger.warning(f"Uncertainty of {image_id}: not scored: {e}")
                 datastore.update_image_info(image_id, {INFO_KEY: {"score": None, "error": str(e), "model": stamp,
                                                                   "ts": int(time.time())}})
-                continue
+                return
             datastore.update_image_info(image_id, {INFO_KEY: {"score": score, "model": stamp, "ts": int(time.time())}})
             logger.info(f"Uncertainty of {image_id}: {score:.4f} ({time.time() - t0:.1f} s)")
             result[image_id] = score
+
+        each_image(datastore, datastore.get_unlabeled_images(), score_one, "uncertainty")
         return result
