@@ -195,7 +195,14 @@ class LiverCascadeApp(MONAILabelApp):
         check_model(request.get("model"), self._infers)
         check_infer_request(request)
         ds = datastore if datastore else self.datastore()
-        path, uploaded = self._input_path(request.get("image"), ds)
+        try:
+            path, uploaded = self._input_path(request.get("image"), ds)
+        except HTTPException:
+            if isinstance(request.get("session"), dict) and not os.path.exists(str(request.get("image"))):
+                raise HTTPException(status_code=404, detail="the session's image was deleted (the session expired or "
+                                                            "was deleted) before it was read; upload it again "
+                                                            "(PUT /session/)") from None
+            raise
         if (isinstance(ds, (SafeLocalDatastore, LiverDICOMWebDatastore)) and not uploaded
                 and not ds.get_label_by_image_id(request.get("image"), DefaultLabelTag.FINAL)):
             # keep the model's prediction as the 'original' label, so that the

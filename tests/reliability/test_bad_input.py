@@ -399,6 +399,20 @@ def test_session_uploads_that_cannot_be_unpacked_or_downloaded_get_400(server, p
     requests.delete(f"{server.url}/session/{session_id}", timeout=60)
 
 
+def test_inference_on_a_session_that_is_gone_gets_404(server, phantom_ct):
+    """An inference on a session that expired or was deleted meanwhile (another tab, the expiry) answered 400
+    "a datastore image id or an uploaded file is needed", or "invalid image id '/root/.cache/...'"."""
+    r = requests.post(f"{server.url}/infer/liver_resnet", params={"session_id": "no-such-session"}, timeout=60)
+    assert r.status_code == 404 and "not found: it expired or was deleted" in r.text, r.text
+    r = requests.put(f"{server.url}/session/", files=[("files", ("ct.nii.gz", nii_bytes(phantom_ct.image)))], timeout=60)
+    session_id = r.json()["session_id"]
+    r = requests.post(f"{server.url}/infer/liver_resnet", params={"session_id": session_id, "output": "json"}, timeout=300)
+    assert r.status_code == 200, r.text
+    assert requests.delete(f"{server.url}/session/{session_id}", timeout=60).status_code == 200
+    r = requests.post(f"{server.url}/infer/liver_resnet", params={"session_id": session_id}, timeout=60)
+    assert r.status_code == 404 and session_id in r.text, r.text
+
+
 @pytest.mark.parametrize("gz", [True, False])
 def test_float_volumes_are_checked_for_nan_across_read_chunks(tmp_path, gz):
     """The finite-voxel check reads the file in chunks (CHUNK bytes): a NaN as the very last voxel of a

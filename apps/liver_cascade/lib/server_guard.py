@@ -368,6 +368,11 @@ def install(app_instance, max_upload_bytes: int) -> None:
         if not a.get("file") and not a.get("image") and not a.get("session_id"):
             raise HTTPException(status_code=400, detail="image: a datastore image id, an uploaded file or a session "
                                                         "id is needed")
+        if a.get("session_id") and not a.get("file") and not a.get("image"):
+            sessions = app_instance.sessions()
+            if sessions is None or sessions.get_session(a["session_id"], update_ts=False) is None:  # else no image
+                raise HTTPException(status_code=404, detail=f"session {a['session_id']!r} not found: it expired or was "
+                                                            "deleted; upload the image again (PUT /session/)")
         if getattr(a.get("output"), "value", a.get("output")) == "dicom_seg":
             # monailabel 0.8.5 writes it with dcmqi, which this app does not download (offline)
             raise HTTPException(status_code=400, detail="output=dicom_seg is not offered: use output=image, and save a "
