@@ -90,7 +90,9 @@ def _series_number(meta: Dataset) -> int:
 
 class _TimeoutSession(requests.Session):
     """A session whose requests time out (DICOMWEB_TIMEOUT_S) unless the caller sets a timeout, and
-    fail at once for DICOMWEB_RETRY_AFTER_S after one found the server stalled or down."""
+    fail at once for DICOMWEB_RETRY_AFTER_S after one found the server stalled or down. A dropped
+    connection is tried once more first (one save in a full test run got 503: one reset connection had
+    failed every request for the next 5 s)."""
 
     def __init__(self):
         super().__init__()
@@ -101,11 +103,21 @@ class _TimeoutSession(requests.Session):
         if time.monotonic() < self._down_until:
             raise requests.exceptions.ConnectionError("the DICOMweb server did not answer a moment ago; "
                                                       f"asked again after {DICOMWEB_RETRY_AFTER_S:g} s")
-        try:
-            return super().request(method, url, **kwargs)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout):
-            self._down_until = time.monotonic() + DICOMWEB_RETRY_AFTER_S
-            raise
+        for attempt in (1, 2):
+            try:
+                return super().request(method, url, **kwargs)
+            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+                replayable = isinstance(kwargs.get("data"), (type(None), bytes, bytearray, str))  # not a generator
+                if attempt == 1 and replayable and not isinstance(e, requests.exceptions.Timeout):
+                    # a dropped connection (one the server closed while it was reused, a reset under load):
+                    # once more on a new one before every request fails for a while. Safe for STOW too: an
+                    # instance stored twice under the same UIDs is stored once.
+                    logger.info(f"DICOMweb {method} {url[:200]}: {type(e).__name__}; asking once more")
+                    continue
+                logger.warning(f"DICOMweb {method} {url[:200]} failed ({type(e).__name__}: {str(e)[:300]}); "
+                               f"further requests fail at once for {DICOMWEB_RETRY_AFTER_S:g} s")
+                self._down_until = time.monotonic() + DICOMWEB_RETRY_AFTER_S
+                raise
 
 
 class ProxyRequests:

@@ -326,9 +326,10 @@ def _removed_once_sent(response):
 
 def _sent_as_opened(response):
     """A label (another annotator's save) or a model (a training run's publication) can be replaced, written
-    aside and renamed, and an image or label removed, while it is downloaded. FileResponse took the size from the path and opened the path
-    again to send it: a replacement in between sent a file cut short (a broken connection). The file is
-    opened once, here, and sent from that open file: the old version or the new one, whole."""
+    aside and renamed, and an image or label removed, while it is downloaded. FileResponse took the size
+    from the path and opened the path again to send it: a replacement in between sent a file cut short (a
+    broken connection), a removal a 500. The file is opened once, here, and sent from that open file: the
+    old version or the new one, whole; a file removed before that is a 404."""
     from starlette.responses import FileResponse, StreamingResponse
 
     if not isinstance(response, FileResponse):
@@ -336,7 +337,8 @@ def _sent_as_opened(response):
     try:
         f = open(response.path, "rb")
     except FileNotFoundError:  # removed since the endpoint found it (an image or label delete): was a 500
-        raise HTTPException(status_code=404, detail=f"{os.path.basename(response.path)} was removed meanwhile") from None
+        name = os.path.basename(response.path)
+        raise HTTPException(status_code=404, detail=f"{name} was removed meanwhile") from None
     headers = {"content-length": str(os.fstat(f.fileno()).st_size)}
     if response.headers.get("content-disposition"):  # the file's name, for the client
         headers["content-disposition"] = response.headers["content-disposition"]
