@@ -1,11 +1,14 @@
 """Bad input gets a clear 4xx through the real server, nothing is lost, and the server keeps serving."""
 
+import collections
 import gzip
 import io
 import json
 import os
 import struct
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -337,6 +340,42 @@ def test_a_model_upload_must_be_a_model_of_that_network(server, tmp_path):
     r = requests.get(f"{server.url}/model/liver_resnet", timeout=60)  # sent from the file as opened (server_guard)
     assert r.status_code == 200 and r.content == weights.read_bytes(), r.status_code
     assert r.headers["content-length"] == str(len(r.content)) and "liver_resnet.pt" in r.headers["content-disposition"]
+
+
+def test_model_downloads_during_uploads_are_whole(server, tmp_path):
+    """MONAI Label copied an uploaded model over the model file in place: downloads meanwhile (and any other
+    process loading the model) got part of each model, about a quarter of them with two models uploaded in
+    turn. The upload is now written aside and renamed."""
+    import torch
+
+    from lib.model_io import save_checkpoint
+    from lib.networks import build_network
+
+    weights = server.app / "model" / "liver_resnet_lite.pt"
+    before, models = weights.read_bytes(), []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        save_checkpoint(str(tmp_path / f"{seed}.pt"), build_network("resnet", "lite", 1), "resnet", "lite", 1)
+        models.append((tmp_path / f"{seed}.pt").read_bytes())
+    url, stop, results = f"{server.url}/model/liver_resnet", time.time() + 10, []
+
+    def upload(k):
+        while time.time() < stop:
+            results.append(("upload", requests.put(url, files={"file": ("m.pt", models[k])}, timeout=60).status_code))
+
+    def download(_):
+        while time.time() < stop:
+            r = requests.get(url, timeout=60)
+            results.append(("download", "one of the two" if r.content in models else f"{r.status_code}, another file"))
+
+    assert requests.put(url, files={"file": ("m.pt", models[0])}, timeout=60).status_code == 200
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda f: f[0](f[1]), [(upload, 0), (upload, 1), (download, 0), (download, 1)]))
+    downloads = [g for kind, g in results if kind == "download"]
+    assert {g for kind, g in results if kind == "upload"} == {200}
+    assert len(downloads) > 20 and set(downloads) == {"one of the two"}, collections.Counter(downloads)
+    assert requests.put(url, files={"file": ("m.pt", before)}, timeout=60).status_code == 200  # as it was
+    assert weights.read_bytes() == before
 
 
 def test_routes_the_app_cannot_serve_get_404_not_500(server):

@@ -118,8 +118,8 @@ def test_a_bad_inference_request_is_still_a_clear_4xx(server):
 
 
 def test_a_model_upload_waits_for_the_running_inference(server):
-    """PUT /model overwrites the weights in place: it waits for the segmentation that may be reading them
-    (on its own thread) to end, and both succeed."""
+    """PUT /model replaces the weights: it waits for the segmentation that may be reading them (on its own
+    thread) to end, and both succeed."""
     srv = server[0]
     weights = (srv.log.parent / "app" / "model" / "liver_cascade_lite.pt").read_bytes()
     with ThreadPoolExecutor(1) as pool:

@@ -351,6 +351,26 @@ def _sent_as_opened(response):
     return StreamingResponse(chunks(), media_type=response.media_type, headers=headers, background=response.background)
 
 
+def _update_model_atomically(app_instance):
+    """MONAI Label's model upload (``PUT /model/<name>``), with the upload written aside and renamed into
+    place. It copied the upload over the model file in place: a download meanwhile, or another process
+    loading the model (a scoring run), got part of each model (a quarter of the downloads while two models
+    were uploaded in turn, measured)."""
+    from monailabel.utils.others.generic import file_checksum
+
+    from lib.datastore import atomic_write
+
+    def update_model(background_tasks, model: str, file):
+        path = app_instance.model_file(model, validate=False)
+        if not path:
+            raise HTTPException(status_code=500, detail=f"no model file is configured for {model}")
+        logger.info(f"Updating Model File for model: {model} => {path} (written aside, then renamed)")
+        atomic_write(path, lambda out: shutil.copyfileobj(file.file, out, 1 << 20))
+        return {"checksum": file_checksum(path), "modified_time": int(os.stat(path).st_mtime)}
+
+    return update_model
+
+
 MAX_LOG_LINES = 1_000_000  # GET /logs/?lines=...: more overflowed MONAI Label's line buffer (500)
 
 
@@ -518,6 +538,8 @@ def install(app_instance, max_upload_bytes: int) -> None:
         an inference, on its worker thread, may be reading it."""
         return no_inference(app_instance.app_conf.max_parallel_infers)
 
+    if not getattr(model.update_model, "_liver_cascade_guard", False):
+        model.update_model = _update_model_atomically(app_instance)
     _wrap(model, "update_model", model_upload_check, around=no_inference_meanwhile)
     _wrap(model, "delete_model", lambda *a, **k: None, around=no_inference_meanwhile)
     _on_response(datastore, "download_dataset", _removed_once_sent)
