@@ -149,3 +149,21 @@ def file_datastore(folder, extensions=("*.nii.gz",)):
     from lib.datastore import SafeLocalDatastore
 
     return SafeLocalDatastore(str(folder), max_voxels=10**8, extensions=tuple(extensions), auto_reload=False)
+
+
+def repeatedly(seconds: float, **jobs) -> dict:
+    """Each job (a function of no argument) called over and over on its own thread for ``seconds``, all at
+    once: {job name: [what each call returned]}. For writers and readers of one file at the same time."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    stop = time.time() + seconds
+
+    def run(job):
+        results = []
+        while time.time() < stop:
+            results.append(job())
+        return results
+
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        return dict(zip(jobs, pool.map(run, jobs.values())))

@@ -7,8 +7,6 @@ import json
 import os
 import struct
 import tempfile
-import time
-from concurrent.futures import ThreadPoolExecutor
 
 import nibabel as nib
 import numpy as np
@@ -357,22 +355,20 @@ def test_model_downloads_during_uploads_are_whole(server, tmp_path):
         torch.manual_seed(seed)
         save_checkpoint(str(tmp_path / f"{seed}.pt"), build_network("resnet", "lite", 1), "resnet", "lite", 1)
         models.append((tmp_path / f"{seed}.pt").read_bytes())
-    url, stop, results = f"{server.url}/model/liver_resnet", time.time() + 10, []
+    url = f"{server.url}/model/liver_resnet"
 
     def upload(k):
-        while time.time() < stop:
-            results.append(("upload", requests.put(url, files={"file": ("m.pt", models[k])}, timeout=60).status_code))
+        return requests.put(url, files={"file": ("m.pt", models[k])}, timeout=60).status_code
 
-    def download(_):
-        while time.time() < stop:
-            r = requests.get(url, timeout=60)
-            results.append(("download", "one of the two" if r.content in models else f"{r.status_code}, another file"))
+    def download():
+        r = requests.get(url, timeout=60)
+        return "one of the two" if r.content in models else f"{r.status_code}, another file"
 
     assert requests.put(url, files={"file": ("m.pt", models[0])}, timeout=60).status_code == 200
-    with ThreadPoolExecutor(4) as pool:
-        list(pool.map(lambda f: f[0](f[1]), [(upload, 0), (upload, 1), (download, 0), (download, 1)]))
-    downloads = [g for kind, g in results if kind == "download"]
-    assert {g for kind, g in results if kind == "upload"} == {200}
+    results = support.repeatedly(10, upload0=lambda: upload(0), upload1=lambda: upload(1), download0=download,
+                                 download1=download)
+    downloads = results["download0"] + results["download1"]
+    assert set(results["upload0"] + results["upload1"]) == {200}
     assert len(downloads) > 20 and set(downloads) == {"one of the two"}, collections.Counter(downloads)
     assert requests.put(url, files={"file": ("m.pt", before)}, timeout=60).status_code == 200  # as it was
     assert weights.read_bytes() == before

@@ -5,7 +5,6 @@ Nothing is lost."""
 import collections
 import io
 import json
-import os
 import signal
 import threading
 import time
@@ -17,7 +16,7 @@ import psutil
 import pytest
 import requests
 
-from support import Server, label_bytes, untrained_app
+from support import Server, label_bytes, repeatedly, untrained_app
 
 N_IMAGES = 4
 # Inference runs one request at a time in the server process (--conf max_parallel_infers, default 1);
@@ -280,29 +279,22 @@ def test_label_downloads_during_saves_are_whole(setup, refs):
     url, params = f"{server.url}/datastore/label", {"image": "case3", "tag": "final"}
     try:
         log_start = len(server.log.read_text())
-        stop, results, lock = time.time() + 15, [], threading.Lock()
 
         def save(k):
-            while time.time() < stop:
-                r = requests.put(url, params=params, files={"label": ("l.nii.gz", io.BytesIO(uploads[k]))}, timeout=60)
-                with lock:
-                    results.append(("save", r.status_code))
+            return requests.put(url, params=params, files={"label": ("l.nii.gz", io.BytesIO(uploads[k]))},
+                                timeout=60).status_code
 
-        def read(_):
-            while time.time() < stop:
-                try:
-                    r = requests.get(url, params={"label": "case3", "tag": "final"}, timeout=60)
-                    got = r.status_code if r.status_code != 200 else "whole" if len(r.content) in sizes else "other"
-                except requests.RequestException as e:
-                    got = type(e).__name__
-                with lock:
-                    results.append(("read", got))
+        def read():
+            try:
+                r = requests.get(url, params={"label": "case3", "tag": "final"}, timeout=60)
+                return r.status_code if r.status_code != 200 else "whole" if len(r.content) in sizes else "other"
+            except requests.RequestException as e:
+                return type(e).__name__
 
         requests.put(url, params=params, files={"label": ("l.nii.gz", io.BytesIO(uploads[0]))}, timeout=60).raise_for_status()
-        with ThreadPoolExecutor(5) as pool:
-            list(pool.map(lambda f: f[0](f[1]), [(save, 0), (save, 1), (read, 0), (read, 1), (read, 2)]))
-        reads = [g for kind, g in results if kind == "read"]
-        assert {g for kind, g in results if kind == "save"} == {200}
+        results = repeatedly(15, save0=lambda: save(0), save1=lambda: save(1), read0=read, read1=read, read2=read)
+        reads = results["read0"] + results["read1"] + results["read2"]
+        assert set(results["save0"] + results["save1"]) == {200}
         assert len(reads) > 50 and set(reads) == {"whole"}, collections.Counter(reads)
         log = server.log.read_text()[log_start:]
         assert "Traceback" not in log, log[log.find("Traceback"):][:2000]

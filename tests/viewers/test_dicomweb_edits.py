@@ -51,11 +51,15 @@ def put_label(site, uid, data: bytes, tag="final", filename="label.nii.gz", para
     return requests.put(f"{site.url}/datastore/label", params={"image": uid, "tag": tag}, files=files, timeout=120)
 
 
+def orthanc_segs(site) -> list:
+    """Orthanc's SEG series, as its /tools/find lists them (expanded: ids and main DICOM tags)."""
+    return requests.post(f"{site.orthanc.url}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"},
+                                                                 "Expand": True}, timeout=30).json()
+
+
 def orthanc_seg_ids(site) -> set:
     """Orthanc's own ids of its SEG series."""
-    found = requests.post(f"{site.orthanc.url}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"}},
-                          timeout=30)
-    return set(found.json())
+    return {f["ID"] for f in orthanc_segs(site)}
 
 
 def cache_files(site):
@@ -133,9 +137,7 @@ def test_saves_scoring_and_a_seg_deleted_in_orthanc(site, phantom_series, tmp_pa
     assert 0 < dice["liver"] <= 1 and dice["model"]
 
     def seg_ids():  # Orthanc's ids of the SEG series, by SeriesNumber
-        found = requests.post(f"{site.orthanc.url}/tools/find", json={"Level": "Series", "Query": {"Modality": "SEG"},
-                                                                      "Expand": True}, timeout=30).json()
-        return {int(f["MainDicomTags"]["SeriesNumber"]): f["ID"] for f in found}
+        return {int(f["MainDicomTags"]["SeriesNumber"]): f["ID"] for f in orthanc_segs(site)}
 
     # the older SEG deleted: the label and its save's info stay (the info was dropped on the re-read)
     requests.delete(f"{site.orthanc.url}/series/{seg_ids()[SEG_SERIES_NUMBER]}", timeout=30).raise_for_status()
@@ -330,32 +332,25 @@ def test_concurrent_saves_and_reads_of_a_final_label(site, phantom_series, tmp_p
     expected = {(int((values == 1).sum()), int((values == 2).sum())), (int((values > 0).sum()), 0)}
     log_start, segs_before = len(site.log.read_text()), orthanc_seg_ids(site)
     assert put_label(site, uid, labels[0]).status_code == 200
-    stop, results, lock = time.time() + 20, [], threading.Lock()
 
     def save(k):
-        while time.time() < stop:
-            r = put_label(site, uid, labels[k])
-            with lock:
-                results.append(("save", r.status_code))
+        return put_label(site, uid, labels[k]).status_code
 
     def read(n):
-        while time.time() < stop:
-            try:
-                r = requests.get(f"{site.url}/datastore/label", params={"label": uid, "tag": "final"}, timeout=60)
-                got = r.status_code
-                if r.ok:
-                    (tmp_path / f"read{n}.nii.gz").write_bytes(r.content)
-                    v = np.asarray(nib.load(str(tmp_path / f"read{n}.nii.gz")).dataobj)
-                    got = "whole" if (int((v == 1).sum()), int((v == 2).sum())) in expected else "another label"
-            except Exception as e:  # noqa: BLE001 - a read cut short, or a file that is not a label
-                got = type(e).__name__
-            with lock:
-                results.append(("read", got))
+        try:
+            r = requests.get(f"{site.url}/datastore/label", params={"label": uid, "tag": "final"}, timeout=60)
+            if not r.ok:
+                return r.status_code
+            (tmp_path / f"read{n}.nii.gz").write_bytes(r.content)
+            v = np.asarray(nib.load(str(tmp_path / f"read{n}.nii.gz")).dataobj)
+            return "whole" if (int((v == 1).sum()), int((v == 2).sum())) in expected else "another label"
+        except Exception as e:  # noqa: BLE001 - a read cut short, or a file that is not a label
+            return type(e).__name__
 
-    with ThreadPoolExecutor(5) as pool:
-        list(pool.map(lambda f: f[0](f[1]), [(save, 0), (save, 1), (read, 0), (read, 1), (read, 2)]))
-    reads = [g for kind, g in results if kind == "read"]
-    assert {g for kind, g in results if kind == "save"} == {200}, results
+    results = helpers.repeatedly(20, save0=lambda: save(0), save1=lambda: save(1), read0=lambda: read(0),
+                                 read1=lambda: read(1), read2=lambda: read(2))
+    reads = results["read0"] + results["read1"] + results["read2"]
+    assert set(results["save0"] + results["save1"]) == {200}, results
     assert reads and set(reads) == {"whole"}, sorted(set(reads))
     log = site.log.read_text()[log_start:]
     assert "Traceback" not in log, log[log.find("Traceback"):][:2000]
