@@ -78,7 +78,10 @@ weights-lits: install
 	$(PY) sample-data/make_sample_data.py --out data-local/phantom-train --train-set 16 --seed 100
 	$(PY) sample-data/fetch_msd.py --root data-local/msd --out data-local/msd-datastore
 	$(PY) scripts/train_demo_weights.py --lits data-local/msd-datastore --holdout all --preset $(PRESET) \
-	  --epochs1 40 --epochs2 20 --num-workers $(WORKERS)
+	  --num-workers $(WORKERS) --models liver_resnet --epochs1 40 --dice-batch
+	$(PY) scripts/train_demo_weights.py --lits data-local/msd-datastore --holdout all --preset $(PRESET) \
+	  --num-workers $(WORKERS) --models liver_cascade --epochs2 20 \
+	  --dice-batch --liver-box --lesion-weight 5 --lesion-ratio 2
 
 # The held-out real patient (split 1) segmented by the shipped weights, reference outlined, as a PNG
 # in data-local/ (git-ignored): ../shared/real-ct may not be copied into the repository, not even as a picture.
@@ -90,5 +93,7 @@ overlay-real: install
 benchmark: install
 	$(PY) benchmarks/cpu_benchmark.py --segresnet
 
+# Not $(PY) on purpose: run on a lent GPU machine with its own CUDA PyTorch (docs/BENCHMARKS.md), where
+# the venv may not exist and cannot be installed (no internet); the script installs nothing.
 benchmark-gpu:
-	python3 benchmarks/gpu_benchmark.py
+	$(PYTHON) benchmarks/gpu_benchmark.py

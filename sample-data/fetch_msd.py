@@ -13,7 +13,13 @@ and needs internet. Output layout (MONAI Label's local datastore; pass --out as
     <out>/labels/final/liver_NNN.nii.gz     labelsTr/liver_N.nii.gz
     <out>/liver_test_NNN.nii.gz             imagesTs/liver_N.nii.gz (with --include-test; no label)
 
-Files are symlinked (absolute targets) unless --copy. `layout_datastore()`
+Files are symlinked (absolute targets) unless --copy; the app lists symlinks
+that point outside the datastore only with `--conf external_symlinks true`, so
+serve a symlinked layout with
+
+    monailabel start_server --app apps/liver_cascade --studies <out> --conf external_symlinks true
+
+(a --copy layout needs no --conf). `layout_datastore()`
 works on any local Task03_Liver-style folder (imagesTr/, labelsTr/,
 dataset.json), so the layout step can run offline.
 """
@@ -136,8 +142,15 @@ def main(argv=None) -> int:
         return 2
     n_all = len(datastore_items(args.out))
     print(f"{args.out}: {n_all} images, {n_lab} labelled ({'copied' if args.copy else 'symlinked'} from {task_dir}); "
-          f"serve with: monailabel start_server --app apps/liver_cascade --studies {args.out}")
+          f"serve with: {serve_command(args.out, linked=not args.copy)}")
     return 0
+
+
+def serve_command(out_dir, linked: bool = True) -> str:
+    """The command that serves the datastore: the app ignores symlinks that point outside the datastore
+    (lib/datastore.py) unless ``--conf external_symlinks true``, so a symlinked layout needs it."""
+    cmd = f"monailabel start_server --app apps/liver_cascade --studies {out_dir}"
+    return cmd + " --conf external_symlinks true" if linked else cmd
 
 
 if __name__ == "__main__":

@@ -93,3 +93,16 @@ def test_bad_conf_values_stop_the_server_with_the_settings_name(tmp_path):
                       ("min_lesion_ml", "nan"), ("max_parallel_infers", "0"), ("max_upload_mb", "-1")):
         with pytest.raises(ValueError, match=f"--conf {name} must be"):
             AppConf.from_conf({name: bad}, str(tmp_path))
+
+
+def test_tracking_accepts_only_what_monai_label_understands(tmp_path):
+    """`--conf tracking mlfow` started a server that then trained silently untracked (MONAI Label's trainer
+    only acts on "mlflow")."""
+    assert AppConf.from_conf({}, str(tmp_path)).tracking == "none"
+    for off in ("none", "None", "", "off", "false", "no", "0"):
+        assert AppConf.from_conf({"tracking": off}, str(tmp_path)).tracking == "none"
+    for on in ("mlflow", "MLflow", " mlflow "):
+        assert AppConf.from_conf({"tracking": on}, str(tmp_path)).tracking == "mlflow"
+    for bad in ("mlfow", "wandb", "true", "yes"):
+        with pytest.raises(ValueError, match="--conf tracking must be"):
+            AppConf.from_conf({"tracking": bad}, str(tmp_path))

@@ -212,6 +212,30 @@ def test_a_background_click_off_the_liver_changes_nothing_elsewhere(tmp_path):
     assert click["timings"]["stage2_box"] == plain["timings"]["stage2_box"]
 
 
+def test_a_lesion_click_outside_the_sent_liver_changes_nothing(tmp_path):
+    """A foreground click outside the annotator's liver is not drawn (the liver is kept as sent); it
+    still widened stage two's box to reach it, and lesions across the volume changed (35 k voxels)."""
+    import phantom
+    from scipy import ndimage
+
+    from lib.evaluation.predict import load_label, make_task, predict_file
+
+    ref = phantom.generate_phantom(seed=3, orientation="LPS", n_slices=24, shape_xy=(160, 160), spacing=(2.2, 2.2, 5.0))
+    image, liver = tmp_path / "ct.nii.gz", tmp_path / "liver.nii.gz"
+    nib.save(nib.Nifti1Image(ref.image, ref.affine), str(image))
+    nib.save(nib.Nifti1Image((ref.label > 0).astype(np.uint8), ref.affine), str(liver))
+    inside = np.argwhere(ref.label > 0)
+    tissue = np.argwhere(ndimage.binary_erosion(ref.image > -200, iterations=2) & (ref.label == 0))
+    away = tissue[np.argmax(np.linalg.norm(tissue - inside.mean(0), axis=1))].tolist()  # far from the liver
+    task = make_task("liver_cascade", str(APP / "model"))
+    plain = predict_file(task, str(image), str(tmp_path / "plain.nii.gz"), {"crf": "off", "label": str(liver)})
+    click = predict_file(task, str(image), str(tmp_path / "click.nii.gz"),
+                         {"crf": "off", "label": str(liver), "foreground": [away]})
+    assert any("outside the liver label you sent" in n for n in click.get("notes", [])), click
+    assert click["timings"]["stage2_box"] == plain["timings"]["stage2_box"]
+    assert np.array_equal(load_label(str(tmp_path / "plain.nii.gz")), load_label(str(tmp_path / "click.nii.gz")))
+
+
 def test_batchnorm_adaptation_reads_the_automatic_input_not_the_clicks(tmp_path, monkeypatch):
     """Adapted to an input with the annotator's clicks drawn in, the statistics would change with every
     click (and lesions away from it with them): stage two adapts to its automatic input."""

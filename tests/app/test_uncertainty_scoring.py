@@ -37,17 +37,18 @@ def test_uncertainty_skips_images_the_model_refuses_and_ranks_the_rest(tmp_path)
     from lib.scoring.uncertainty import INFO_KEY, LiverUncertainty
 
     ct = phantom.generate_phantom(seed=3, orientation="LPS", n_slices=16, shape_xy=(128, 128), spacing=(2.7, 2.7, 5.0))
-    paths = {"ct": tmp_path / "ct.nii.gz", "mr": tmp_path / "mr.nii.gz", "nan": tmp_path / "nan.nii.gz"}
+    paths = {k: tmp_path / f"{k}.nii.gz" for k in ("ct", "mr", "nan", "complex")}
     nib.save(nib.Nifti1Image(ct.image, ct.affine), str(paths["ct"]))
     nib.save(nib.Nifti1Image((ct.image.astype(np.float32) + 1100) / 10, ct.affine), str(paths["mr"]))  # no air
     nan = ct.image.astype(np.float32)
     nan[5, 5, 5] = np.nan
     nib.save(nib.Nifti1Image(nan, ct.affine), str(paths["nan"]))
+    nib.save(nib.Nifti1Image(ct.image.astype(np.complex64), ct.affine), str(paths["complex"]))  # was a 500 for all
     ds = FakeDatastore({k: str(v) for k, v in paths.items()})
     scoring = LiverUncertainty(make_task("liver_cascade", str(APP / "model")))
     picked = LiverUncertaintyStrategy(scoring)({}, ds)
     assert picked["id"] == "ct" and 0.0 <= picked["weight"] <= 1.0
-    for bad in ("mr", "nan"):  # recorded with the reason, not tried again with the same model
+    for bad in ("mr", "nan", "complex"):  # recorded with the reason, not tried again with the same model
         assert ds.info[bad][INFO_KEY]["score"] is None and ds.info[bad][INFO_KEY]["error"]
         assert ds.info[bad][INFO_KEY]["model"] == scoring.model_stamp()
     scoring.score_image = None  # a second round reads the stored scores only

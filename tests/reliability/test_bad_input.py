@@ -91,12 +91,15 @@ def bad_volumes(ct):
         "huge volume": (nii_bytes(np.zeros((4, 4, 4), np.int16), gz=False, dims=(1024, 1024, 4000)),
                         "x.nii", 413, "max_voxels"),
         "unsupported format": (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "x.png", 400, "not a readable"),
+        # a complex volume was stored, then each inference and every Next Sample (scoring it) answered 500
+        "complex voxels": (nii_bytes(f.astype(np.complex64) + 1j), "x.nii.gz", 400, "real-valued"),
+        "single slice": (nii_bytes(hu[:, :, 3:4]), "x.nii.gz", 400, "single axial slice"),  # was segmented
     }
 
 
 CASES = ["not an image", "truncated .nii.gz", "truncated .nii", "empty volume", "2D image", "4D image", "NaN voxels",
          "infinite voxels", "MR-like intensities", "zero spacing", "negative spacing", "huge volume",
-         "unsupported format"]
+         "unsupported format", "complex voxels", "single slice"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -192,7 +195,8 @@ def test_add_image_refuses_bad_volumes_and_overwrites(server, phantom_ct):
     vols["all NaN"] = (all_nan, "x.nii.gz", 400, "NaN")
     vols["all NaN, .nii"] = (nii_bytes(np.full(phantom_ct.image.shape, np.inf, np.float32), gz=False), "x.nii", 400,
                              "infinite")
-    for case in ("truncated .nii.gz", "2D image", "huge volume", "NaN voxels", "all NaN", "all NaN, .nii"):
+    for case in ("truncated .nii.gz", "2D image", "huge volume", "NaN voxels", "all NaN", "all NaN, .nii",
+                 "complex voxels", "single slice"):
         data, name, status, words = vols[case]
         r = requests.put(f"{server.url}/datastore/image", params={"image": "new_case"},
                          files={"file": (name, io.BytesIO(data))}, timeout=60)

@@ -74,3 +74,26 @@ def test_cli_with_a_local_task_folder(task, tmp_path, capsys):
     assert "3 labelled" in capsys.readouterr().out
     # download() does nothing when the task folder is already there
     assert fetch_msd.download(task.parent) == task
+
+
+def test_printed_and_documented_serve_command_lists_the_symlinks(task, tmp_path, capsys):
+    """The symlinks point outside the datastore, which the app ignores unless `--conf external_symlinks true`
+    (apps/liver_cascade/lib/datastore.py): the printed "serve with" command served an empty datastore."""
+    from lib.conf import AppConf
+
+    out = tmp_path / "store"
+    assert fetch_msd.main(["--task-dir", str(task), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert (out / "liver_000.nii.gz").is_symlink()
+    command = printed.split("serve with: ", 1)[1].split()
+    assert command[:2] == ["monailabel", "start_server"] and command[command.index("--studies") + 1] == str(out)
+    i = command.index("--conf")
+    conf = dict(zip(command[i + 1::3], command[i + 2::3]))
+    assert AppConf.from_conf(conf, str(tmp_path)).external_symlinks
+    # a copied layout has no external symlinks and needs no --conf
+    assert fetch_msd.main(["--task-dir", str(task), "--out", str(tmp_path / "copied"), "--copy"]) == 0
+    assert "--conf" not in capsys.readouterr().out
+    # the README's command for a symlinked layout (the first one, without --copy) says the same
+    readme = (SAMPLE / "README.md").read_text().split("## Real data", 1)[1]
+    serve = [ln for ln in readme.splitlines() if ln.startswith("monailabel start_server")]
+    assert serve and "--conf external_symlinks true" in serve[0]

@@ -113,6 +113,23 @@ def default_preset(model_dir: Optional[str] = None) -> str:
     return order[-1]
 
 
+# experiment tracking of training runs: what MONAI Label's BasicTrainTask understands ("mlflow"; anything
+# else it silently ignores, so a typo such as "mlfow" would train untracked); "none" also reads off/false/no/0
+TRACKING_MODES: Tuple[str, ...] = ("none", "mlflow")
+
+
+def parse_tracking(value) -> str:
+    """``--conf tracking``: "none" (the default; also "", off, false, no, 0) or "mlflow"; else an error naming it."""
+    if value is None:
+        return "none"
+    text = str(value).strip().lower()
+    if text in ("", "none") + FALSE_VALUES:
+        return "none"
+    if text not in TRACKING_MODES:
+        raise ValueError(f"--conf tracking must be one of {TRACKING_MODES}, got {value!r}")
+    return text
+
+
 def conf_switch(conf: Dict[str, str], name: str, default: str) -> bool:
     """A ``--conf`` switch: a value that is neither yes nor no stops the server with its name, as a request's
     400 does (a typo such as ``ture`` read as false would silently change the server's behaviour)."""
@@ -178,7 +195,7 @@ class AppConf:
             auto_train_epochs=conf_number(conf, "auto_train_epochs", 20, int, 1),
             pretrained_path=conf.get("pretrained_path") or None,
             min_lesion_ml=conf_number(conf, "min_lesion_ml", 0.05),
-            tracking=conf.get("tracking", "none"),
+            tracking=parse_tracking(conf.get("tracking")),
             max_voxels=conf_number(conf, "max_voxels", 512 * 512 * 1000, int, 1),
             max_upload_mb=conf_number(conf, "max_upload_mb", 1024),
             external_symlinks=conf_switch(conf, "external_symlinks", "false"),

@@ -98,7 +98,7 @@ def read_geometry(path: str) -> Geometry:
     return _itk_geometry(path)  # NRRD (Slicer), MetaImage, ...
 
 
-def _check_complete(path: str, g: Geometry):
+def _check_complete(path: str, g: Geometry, what: str = "image"):
     """The file holds all the voxels its header promises (a truncated upload is caught here), and a
     floating-point volume's voxels are all finite: an image of NaNs was added to the datastore and
     refused only when segmented."""
@@ -126,7 +126,7 @@ def _check_complete(path: str, g: Geometry):
         except (EOFError, OSError, zlib.error) as e:
             raise InputError(f"the compressed file is truncated or corrupt ({_reason(e, path)})") from e
         if n >= need and bad:
-            raise InputError(f"the image has {bad} NaN or infinite voxel(s); fix or resample it first")
+            raise InputError(f"the {what} has {bad} NaN or infinite voxel(s); fix or resample it first")
     if n < need:
         raise InputError(f"the file is truncated: {n} bytes of image data where the header promises {need}")
 
@@ -146,7 +146,11 @@ def check_volume_file(path: str, max_voxels: int, min_in_plane: int = 16, verify
     if extra:
         raise InputError(f"a single 3D CT volume is needed, got a {len(shape)}D image of shape {list(shape)} "
                          "(one time point or channel at a time)")
+    if g.dtype is not None and g.dtype.kind not in "iuf":  # complex, RGB or boolean voxels
+        raise InputError(f"a CT needs real-valued voxels (integers or floats in HU), got voxels of type {g.dtype}")
     axial = int(np.argmax(np.abs(np.asarray(g.affine, float)[2, :3])))  # the stored axis closest to S-I
+    if shape[axial] < 2:
+        raise InputError(f"a 3D CT volume is needed, got a single axial slice (shape {list(shape)})")
     in_plane = [shape[i] for i in range(3) if i != axial]
     if min(in_plane) < min_in_plane:
         raise InputError(f"axial slices of {in_plane[0]}x{in_plane[1]} voxels are too small to segment "
@@ -200,7 +204,7 @@ def check_label_matches(label_path: str, image_path: str, tol: float = 1e-2, val
     origin_tol = min(1.0, 0.5 * float(voxel_spacing(ia).min()))
     if not np.allclose(la[:3, :3], ia[:3, :3], atol=tol * scale) or not np.allclose(la[:3, 3], ia[:3, 3], atol=origin_tol):
         raise InputError("the label's voxel grid (spacing, direction or origin) does not match its image's")
-    _check_complete(label_path, lab)
+    _check_complete(label_path, lab, "label")
     if values:
         check_label_values(label_path, not_empty)
     return lab

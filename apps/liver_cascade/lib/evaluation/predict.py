@@ -55,6 +55,15 @@ def load_label(path: str) -> np.ndarray:
     return np.rint(np.asarray(nib.load(path).dataobj)).astype(np.uint8)
 
 
+def lits_images(files):
+    """The images among a folder's NIfTI ``files``: in a LiTS layout (a folder with ``(test-)volume-N`` files)
+    only those, its ``segmentation-N`` labels are no CT; in any other folder every file."""
+    from lib.evaluation.evaluate import _LITS_IMAGE, nifti_stem
+
+    volumes = [p for p in files if _LITS_IMAGE.fullmatch(nifti_stem(p) or "")]
+    return volumes or list(files)
+
+
 def main(argv=None) -> int:
     from lib.evaluation.evaluate import nifti_stem
     from lib.model_io import ModelNotReadyError
@@ -77,7 +86,7 @@ def main(argv=None) -> int:
     folder = Path(args.images)
     if not folder.is_dir():
         ap.error(f"--images {folder} is not a folder")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and nifti_stem(p))
+    images = lits_images(sorted(p for p in folder.iterdir() if p.is_file() and nifti_stem(p)))
     if not images:
         ap.error(f"no .nii.gz or .nii file in {folder}")
     try:

@@ -176,6 +176,8 @@ class CheckCTd:
 
     def __call__(self, data):
         img = torch.as_tensor(data["image"])
+        if img.is_complex() or img.dtype == torch.bool:
+            raise InputError(f"a CT needs real-valued voxels (integers or floats in HU), got voxels of type {img.dtype}")
         if img.is_floating_point() and not bool(torch.isfinite(img).all()):
             bad = int((~torch.isfinite(img)).sum())
             raise InputError(f"the image has {bad} NaN or infinite voxel(s); fix or resample it before segmenting")
@@ -419,6 +421,13 @@ class LiverSegmentation(BasicInferTask):
                         "(a liver lesion is tissue)")
                 logger.warning(f"{self.task_name}: {note}")
                 data.setdefault("notes", []).append(note)
+            outside = [p for p in fg if corrected is not None and not bool(corrected[tuple(p)] > 0.5)]
+            if outside:  # dropped before stage two's box: it would widen it and change lesions elsewhere
+                fg = [p for p in fg if p not in outside]
+                note = (f"{len(outside)} foreground click(s) outside the liver label you sent: not drawn (lesions "
+                        "stay inside the liver you sent; add the region to your liver to mark a lesion there)")
+                logger.warning(f"{self.task_name}: {note}")
+                data.setdefault("notes", []).append(note)
             mode = parse_choice("background_click", data.get("background_click"), BACKGROUND_CLICK_MODES)
             if fg or bg:
                 spacing = np.linalg.norm(np.asarray(image.affine, dtype=float)[:3, :3], axis=0)
@@ -581,13 +590,8 @@ class EnforceClicksd:
             fixed = enforce_clicks(fixed, prob, clicks["foreground"], clicks["background"], clicks["spacing"],
                                    None if hu is None else hu.numpy(), clicks["mode"],
                                    float(d.get("min_lesion_ml", self.min_lesion_ml)))
-        if liver is not None:  # the annotator's liver is kept exactly as drawn
+        if liver is not None:  # the annotator's liver is kept exactly as drawn (clicks outside it were dropped)
             liver = liver.numpy()
-            outside = [p for p in (clicks or {}).get("foreground", []) if not liver[tuple(p)]]
-            if outside:
-                d["notes"] = list(d.get("notes") or []) + [
-                    f"{len(outside)} foreground click(s) outside the liver label you sent: not drawn (lesions stay "
-                    "inside the liver you sent; add the region to your liver to mark a lesion there)"]
             fixed = np.where(liver, np.maximum(fixed, LABELS["liver"]), 0).astype(np.uint8)
         d["pred"] = MetaTensor(torch.from_numpy(fixed)[None], meta=pred.meta)
         return d
