@@ -195,6 +195,8 @@ class LiverCascadeApp(MONAILabelApp):
         check_model(request.get("model"), self._infers)
         check_infer_request(request)
         ds = datastore if datastore else self.datastore()
+        if self._in_sessions(request.get("image")) and os.path.isdir(request["image"]):
+            request = {**request, "image": self._series_volume(request["image"])}
         try:
             path, uploaded = self._input_path(request.get("image"), ds)
         except HTTPException:
@@ -234,10 +236,20 @@ class LiverCascadeApp(MONAILabelApp):
     def batch_infer(self, request, datastore=None):
         """MONAI Label's batch inference; on a machine without a GPU it defaults to the CPU (its default,
         every GPU, divided by zero: HTTP 500)."""
-        check_batch_request(request)
+        check_batch_request(request)  # the task's options are checked when the request arrives (server_guard)
         if not torch.cuda.is_available():
             request = {**request, "multi_gpu": False, "device": request.get("device") or "cpu"}
-        return super().batch_infer(request, datastore)
+
+        def each(req, ds):  # an image the model refuses is reported and skipped; the batch goes on (it stopped)
+            try:
+                return self.infer(req, ds)
+            except HTTPException as e:
+                if e.status_code >= 500:
+                    raise
+                logger.warning(f"batch inference: {req.get('image')} skipped: {e.detail}")
+                return {"error": e.detail}
+
+        return self._batch_infer(request, datastore if datastore else self.datastore(), each)
 
     def _input_path(self, image, ds) -> Tuple[str, bool]:
         """(the file an infer request reads, whether it was uploaded with it): a datastore image or an
@@ -259,6 +271,47 @@ class LiverCascadeApp(MONAILabelApp):
         folder = os.path.dirname(os.path.realpath(path))
         if folder == os.path.realpath(tempfile.gettempdir()) and os.path.basename(path).startswith("tmp"):
             return True
+        return self._in_sessions(folder)
+
+    def _in_sessions(self, path) -> bool:
+        """``path`` lies in MONAI Label's session store (what PUT /session/ wrote)."""
         sessions = self.sessions()
-        root = os.path.realpath(sessions.store_path) if sessions is not None else ""
-        return bool(root) and os.path.commonpath([folder, root]) == root
+        if not isinstance(path, str) or not os.path.isabs(path) or sessions is None:
+            return False
+        root = os.path.realpath(sessions.store_path)
+        return os.path.commonpath([os.path.realpath(path), root]) == root
+
+    @staticmethod
+    def _series_volume(folder: str) -> str:
+        """A session uploaded as a DICOM series (a zip with ``uncompress=true``, or several files): MONAI Label
+        keeps it as a folder, which was refused as an invalid image id; its largest series is read once into
+        one NIfTI file beside the folder, and segmented as an upload."""
+        out = folder.rstrip(os.sep) + ".nii.gz"
+        if os.path.isfile(out):
+            return out
+        import SimpleITK as sitk
+
+        series = []  # (number of files, files) of each series in the folder and below
+        for where, _, _ in os.walk(folder, followlinks=False):
+            for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(where) or ():
+                files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(where, uid)
+                series.append((len(files), list(files)))
+        if not series:  # a zip of one volume file
+            files = [os.path.join(w, f) for w, _, names in os.walk(folder) for f in names]
+            if len(files) == 1 and files[0].lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha")):
+                return files[0]
+            raise HTTPException(status_code=400, detail="the session holds a folder with no DICOM series; upload one "
+                                                        "volume (NIfTI, NRRD) or a zip of one DICOM series")
+        try:
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(max(series)[1])
+            image = reader.Execute()
+            fd, part = tempfile.mkstemp(suffix=".nii.gz", dir=os.path.dirname(out))  # two requests at once
+            os.close(fd)
+            sitk.WriteImage(image, part)
+            os.replace(part, out)
+        except RuntimeError as e:
+            raise HTTPException(status_code=400, detail=f"the session's DICOM series could not be read: "
+                                                        f"{str(e).strip().splitlines()[-1][:300]}") from e
+        logger.info(f"session series {os.path.basename(folder)}: {len(max(series)[1])} slices read into one volume")
+        return out

@@ -126,6 +126,9 @@ def test_mr_like_volume_is_segmented_when_the_caller_says_so(server, phantom_ct)
     ("liver_resnet", "ok", "[1, 2]", 400, "object"),
     ("liver_resnet", "ok", '{"scales": "abc"}', 400, "scales"),
     ("liver_cascade", "ok", '{"foreground": [[1, 2]]}', 400, "foreground"),
+    ("liver_cascade", "ok", '{"foreground": [[1, 2, 3, 7]]}', 400, "foreground"),  # the 4th value was ignored
+    ("liver_cascade", "ok", '{"min_lesion_ml": true}', 400, "min_lesion_ml"),  # was read as 1 mL
+    ("liver_resnet", "ok", '{"batch_size": true}', 400, "batch_size"),  # was read as 1
     ("liver_resnet", "ok", '{"result_extension": ".exe"}', 400, "result_extension"),
     ("liver_resnet", "ok", '{"image": "/etc/hostname"}', 400, "invalid image id"),
     ("liver_cascade", "ok", '{"label": "/etc/hostname"}', 400, "uploaded"),
@@ -202,6 +205,11 @@ def test_add_image_refuses_bad_volumes_and_overwrites(server, phantom_ct):
                          files={"file": (name, io.BytesIO(data))}, timeout=60)
         assert r.status_code == status and words.lower() in r.text.lower(), f"{case}: {r.text}"
     assert "new_case" not in _labels(server)
+    # stored as "scan.nii.gz.nii.gz", it (and its labels) vanished when an unreadable index was rebuilt
+    r = requests.put(f"{server.url}/datastore/image", params={"image": "scan.nii.gz"},
+                     files={"file": ("scan.nii.gz", io.BytesIO(nii_bytes(phantom_ct.image.astype(np.int16))))}, timeout=60)
+    assert r.status_code == 400 and "'scan'" in r.text, r.text
+    assert not list(server.studies.glob("scan*"))
     r = requests.put(f"{server.url}/datastore/image", params={"image": "ok"},
                      files={"file": ("ok.nii.gz", io.BytesIO(nii_bytes(phantom_ct.image.astype(np.int16))))}, timeout=60)
     assert r.status_code == 409, r.text  # an existing image (and its labels) is never overwritten
@@ -272,6 +280,28 @@ def test_inference_never_overwrites_an_annotators_label(server):
     deep = '{"a": ' + "[" * 5000 + "]" * 5000 + "}"  # nested deeper than Python's JSON parser recurses
     r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"}, data={"params": deep}, timeout=300)
     assert r.status_code == 400 and "RecursionError" in r.text, r.text[:300]
+
+
+def test_batch_inference_checks_its_options_on_arrival_and_skips_what_it_refuses(server, phantom_ct):
+    """A batch with a bad option was accepted (SUBMITTED), then failed image by image; one image the model
+    refuses (not CT) stopped the batch there: the images after it were never segmented."""
+    r = requests.post(f"{server.url}/batch/infer/liver_resnet", json={"scales": "abc"}, timeout=60)
+    assert r.status_code == 400 and "scales" in r.text, r.text
+    f = phantom_ct.image.astype(np.float32)
+    mr = ((f - f.min()) / (f.max() - f.min()) * 1500).astype(np.int16)  # stored, refused when segmented
+    r = requests.put(f"{server.url}/datastore/image", params={"image": "a_mr"},
+                     files={"file": ("a_mr.nii.gz", io.BytesIO(nii_bytes(mr)))}, timeout=60)
+    assert r.status_code == 200, r.text
+    try:
+        r = requests.post(f"{server.url}/batch/infer/liver_resnet", params={"images": "all", "run_sync": "true"},
+                          json={}, timeout=600)
+        assert r.status_code == 200, r.text
+        result = r.json()
+        assert "Hounsfield" in result["a_mr"]["error"], result["a_mr"]  # sorted first: the others still ran
+        assert result["ok"]["label"] and result["labelled"]["label"], result
+    finally:
+        requests.delete(f"{server.url}/datastore/image", params={"id": "a_mr"}, timeout=60)
+    assert_still_serving(server)
 
 
 def test_info_updates_cannot_break_next_sample(server):
@@ -436,6 +466,42 @@ def test_session_uploads_that_cannot_be_unpacked_or_downloaded_get_400(server, p
     assert r.status_code == 400 and "several files" in r.text, r.text
     assert requests.get(f"{server.url}/session/{session_id}", timeout=60).status_code == 200
     requests.delete(f"{server.url}/session/{session_id}", timeout=60)
+
+
+def test_a_session_of_a_dicom_series_or_a_zipped_volume_is_segmented(server, phantom_ct, tmp_path):
+    """A DICOM series uploaded as a session (a zip unpacked, or its files) is kept as a folder by MONAI Label,
+    and its inference answered 400 "invalid image id '/root/.cache/monailabel/sessions/...'"."""
+    import zipfile
+
+    import make_sample_data
+
+    make_sample_data.write_dicom_series(phantom_ct, tmp_path / "series", 5, "ct")
+    slices = sorted(p for p in (tmp_path / "series").rglob("*") if p.is_file())
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in slices:
+            z.write(p, "AX_5mm/" + p.name)
+    zipped_volume = io.BytesIO()
+    with zipfile.ZipFile(zipped_volume, "w") as z:
+        z.writestr("ct.nii.gz", nii_bytes(phantom_ct.image))
+    uploads = {"zip of a series": dict(params={"uncompress": "true"}, files=[("files", ("s.zip", archive.getvalue()))]),
+               "the series' files": dict(files=[("files", (p.name, p.read_bytes())) for p in slices]),
+               "zip of a volume": dict(params={"uncompress": "true"}, files=[("files", ("v.zip", zipped_volume.getvalue()))])}
+    for what, upload_args in uploads.items():
+        r = requests.put(f"{server.url}/session/", timeout=60, **upload_args)
+        assert r.status_code == 200, (what, r.text)
+        session_id = r.json()["session_id"]
+        try:
+            r = requests.post(f"{server.url}/infer/liver_resnet", params={"session_id": session_id, "output": "image"},
+                              timeout=300)
+            assert r.status_code == 200, (what, r.text)
+            (tmp_path / "out.nii.gz").write_bytes(r.content)
+            out = nib.load(str(tmp_path / "out.nii.gz"))
+            assert sorted(out.shape) == sorted(phantom_ct.image.shape), (what, out.shape)
+            assert np.isclose(abs(np.linalg.det(out.affine[:3, :3])), abs(np.linalg.det(phantom_ct.affine[:3, :3])))
+        finally:
+            requests.delete(f"{server.url}/session/{session_id}", timeout=60)
+    assert_still_serving(server)
 
 
 def test_inference_on_a_session_that_is_gone_gets_404(server, phantom_ct):

@@ -116,7 +116,8 @@ def test_a_round_that_does_worse_keeps_the_model_in_place(tmp_path):
             "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "1", "--samples_per_volume", "2",
             "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"]
     main(args)
-    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert not (model_dir / "liver_resnet_lite_stats.json").exists()  # the model in place's: none, none written
+    stats = json.loads((model_dir / "liver_resnet_lite_stats_last_run.json").read_text())
     assert stats["baseline_metric"] > 0.4  # the demo weights on a sample phantom (mean of liver and lesion Dice)
     assert stats["history"][0]["val_mean_dice"] < stats["baseline_metric"]
     assert stats["kept_model_in_place"] and not stats["history"][0]["published"]
@@ -236,7 +237,8 @@ def test_a_weight_average_that_does_worse_keeps_the_model_in_place(tmp_path):
     main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
           "--val_ds", str(tmp_path / "val.json"), "--max_epochs", "2", "--swa_from", "0.5", "--samples_per_volume",
           "2", "--train_batch_size", "2", "--dataset", "Dataset", "--lr", "50", "--lr_decay_from", "50"])
-    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert not (model_dir / "liver_resnet_lite_stats.json").exists()  # nothing published: the run's are its own
+    stats = json.loads((model_dir / "liver_resnet_lite_stats_last_run.json").read_text())
     assert stats["swa_epochs"] == [2]
     assert stats["swa_metric"] < stats["baseline_metric"] and not stats["swa_published"]
     assert stats["kept_model_in_place"]
@@ -254,7 +256,8 @@ def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(t
     main(["--models", "liver_resnet", "--model_dir", str(model_dir), "--train_ds", str(tmp_path / "train.json"),
           "--max_epochs", "1", "--samples_per_volume", "2", "--train_batch_size", "2", "--dataset", "Dataset",
           "--lr", "50", "--lr_decay_from", "50"])
-    stats = json.loads((model_dir / "liver_resnet_lite_stats.json").read_text())
+    assert not (model_dir / "liver_resnet_lite_stats.json").exists()  # nothing published: the run's are its own
+    stats = json.loads((model_dir / "liver_resnet_lite_stats_last_run.json").read_text())
     assert stats["validated_on_training_volumes"] and stats["baseline_metric"] > 0.4
     assert "val_mean_dice" in stats["history"][0] and not stats["history"][0]["published"]
     assert stats["kept_model_in_place"]

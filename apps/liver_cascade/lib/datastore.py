@@ -357,6 +357,9 @@ class SafeLocalDatastore(SharedIndex, LocalDatastore):
         image_id = check_name(image_id or file_id, "image id")
         image_ext = self._known_extension(image_ext, "image not added")
         name = self._filename(image_id, image_ext)
+        if self._to_id(name)[0] != image_id:  # "scan.nii.gz": its file's name gives another id when the index is rebuilt
+            raise HTTPException(status_code=400, detail=f"image id {image_id!r} ends like a file name; send it without "
+                                                         f"the extension (e.g. {self._to_id(image_id)[0]!r})")
         try:
             check_volume_file(image_filename, self._max_voxels)
         except InputError as e:

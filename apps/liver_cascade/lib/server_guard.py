@@ -432,6 +432,12 @@ def install(app_instance, max_upload_bytes: int) -> None:
         if params is not None and not isinstance(params, dict):
             raise HTTPException(status_code=400, detail="params must be a JSON object")
         check_batch_request(params or {})  # here too: an asynchronous run would fail in its own process
+        check = getattr(app_instance._infers[model], "check_request", None)
+        if check is not None:  # the task's own options (scales, crf, ...): each image failed with them, later
+            try:
+                check({k: v for k, v in (params or {}).items() if k != "image"})
+            except ValueError as e:  # InvalidRequestError
+                raise HTTPException(status_code=400, detail=str(e)) from e
 
     # what the app and MONAI Label write into an image's info themselves: set over HTTP with the wrong type,
     # a value broke Next Sample (500) for every client until overwritten

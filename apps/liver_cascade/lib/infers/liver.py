@@ -135,7 +135,7 @@ def parse_points(key: str, raw) -> List[List[float]]:
         if isinstance(raw, str):
             raw = json.loads(raw) if raw.strip() else []
         raw = [[float(v) for v in p] for p in raw]
-        if any(len(p) < 3 for p in raw):
+        if any(len(p) != 3 for p in raw):  # a 4th value was ignored
             raise ValueError
     except (TypeError, ValueError):
         raise InvalidRequestError(f"{key} must be a list of [i, j, k] voxel points, got {raw!r}")
@@ -309,6 +309,14 @@ class LiverSegmentation(BasicInferTask):
 
     def __call__(self, request, callbacks=None):
         self.check_weights()
+        request = self.check_request(request)
+        with inference_slots(self.conf.max_parallel_infers):
+            return super().__call__(request, callbacks)
+
+    def check_request(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """The request's options, checked before any volume is read (InvalidRequestError: HTTP 400); the
+        request as it will run (with notes on what it sent that this task does not use). A batch inference
+        checks its options here once, before it is submitted."""
         check_option_names(request, set(self._config) | set(REQUEST_KEYS))
         if str(request.get("preset", self.conf.preset)) != self.conf.preset:  # listed in the options, not one
             raise InvalidRequestError(f"preset is the server's setting (--conf preset): this server runs "
@@ -332,6 +340,8 @@ class LiverSegmentation(BasicInferTask):
         except ValueError as e:
             raise InvalidRequestError(str(e)) from e
         try:
+            if isinstance(request.get("min_lesion_ml"), bool):  # true read as 1 mL
+                raise ValueError
             if not 0 <= float(request.get("min_lesion_ml", 0)) < float("inf"):  # NaN and inf too
                 raise ValueError
         except (TypeError, ValueError, OverflowError):
@@ -348,12 +358,12 @@ class LiverSegmentation(BasicInferTask):
                     f"send them to liver_cascade"]}
         if "batch_size" in request:
             try:
-                if int(request["batch_size"]) < 1 or int(request["batch_size"]) != float(request["batch_size"]):
+                if (isinstance(request["batch_size"], bool) or int(request["batch_size"]) < 1
+                        or int(request["batch_size"]) != float(request["batch_size"])):
                     raise ValueError
             except (TypeError, ValueError, OverflowError):
                 raise InvalidRequestError(f"batch_size must be an integer >= 1, got {request['batch_size']!r}")
-        with inference_slots(self.conf.max_parallel_infers):
-            return super().__call__(request, callbacks)
+        return request
 
     # -- the cascade ----------------------------------------------------------
     def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):

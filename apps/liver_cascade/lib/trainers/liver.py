@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -542,6 +541,7 @@ class WeightAverage:
         progress.publish(self.model.module, checkpoint_meta(self.task, ctx, epoch=engine.state.epoch,
                                                             swa_epochs=self.epochs, val_mean_dice=self.score))
         self.published = True
+        progress.write(publish=True)  # its stats and curve beside it, should the run stop before it completes
         logger.info(f"[{self.task.task}] published the average of epochs {self.epochs[0]}-{self.epochs[-1]} "
                     f"({len(self.epochs)} epochs"
                     + (f", val_mean_dice {self.score:.4f}" if self.score is not None else "")
@@ -563,8 +563,12 @@ class TrainingProgress:
         self.baseline: Optional[float] = None  # the validation score of the model in place before the run
         self._validating_other_weights = False
         self.kept_previous = False
-        # the stats and curve of the model in place: put back if this run keeps that model (publish: better)
-        self.previous = {f: Path(f).read_bytes() for f in (task._stats_path, self.curve_path) if os.path.exists(f)}
+        self.published_any = False  # an epoch (or the weight average) of this run was published as the model
+        # the stats and curve beside the model describe the model in place and are replaced only when this
+        # run publishes one: until then (and for good if it publishes nothing, or is stopped or killed first)
+        # the run's own go to the *_last_run files
+        self.run_stats_path = last_run_path(task._stats_path)
+        self.run_curve_path = last_run_path(self.curve_path)
 
     def publish(self, network, meta) -> None:
         """Publish ``network`` in place; the model it replaces first in this run is kept as
@@ -574,6 +578,7 @@ class TrainingProgress:
             self.kept_previous = True
         save_checkpoint(self.task.publish_file, network, self.task.arch, self.task.preset, self.task.in_channels,
                         meta=meta)
+        self.published_any = True
 
     def on_started(self, engine):
         """With ``publish: better``, validate the model in place (if any) on this run's held-out volumes:
@@ -647,7 +652,7 @@ class TrainingProgress:
             + " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             + (" -> published " + os.path.basename(self.task.publish_file) if published else "")
         )
-        self.write()
+        self.write(publish=published)
 
     def kept_model_in_place(self) -> bool:
         """True when this run published nothing over the model in place (publish: better)."""
@@ -655,24 +660,22 @@ class TrainingProgress:
                 and not (self.swa is not None and self.swa.published))
 
     def on_completed(self, engine):
-        self.write(final=True)
-        runs = {f: last_run_path(f) for f in (self.task._stats_path, self.curve_path)}
-        if not self.kept_model_in_place():
-            for f in runs.values():  # the files beside the model describe this run now
+        if self.published_any:  # the files beside the model describe this run now
+            self.write(final=True, publish=True)
+            for f in (self.run_stats_path, self.run_curve_path):
                 if os.path.exists(f):
                     os.remove(f)
             return
-        logger.warning(f"[{self.task.task}] no epoch validated as well as the model in place "
-                       f"({self.baseline:.4f}): it was kept ({os.path.basename(self.task.publish_file)}); this "
-                       f"run's stats and curve are in {os.path.basename(runs[self.task._stats_path])} and "
-                       f"{os.path.basename(runs[self.curve_path])}")
-        for f, run in runs.items():
-            if os.path.exists(f):
-                shutil.copyfile(f, run)
-            if f in self.previous:  # the model in place's own stats and curve again
-                atomic_write(f, lambda out, data=self.previous[f]: out.write(data))
+        self.write(final=True)  # the model in place's stats and curve were never touched
+        if self.kept_model_in_place():
+            logger.warning(f"[{self.task.task}] no epoch validated as well as the model in place "
+                           f"({self.baseline:.4f}): it was kept ({os.path.basename(self.task.publish_file)}); this "
+                           f"run's stats and curve are in {os.path.basename(self.run_stats_path)} and "
+                           f"{os.path.basename(self.run_curve_path)}")
 
-    def write(self, final=False):
+    def write(self, final=False, publish=False):
+        """The run's stats and curve so far, into the *_last_run files; with ``publish`` (an epoch of this
+        run is now the model) also beside the model, in place of the stats and curve of the model it replaced."""
         stats = {
             "task": self.task.task,
             "preset": self.task.preset,
@@ -693,16 +696,26 @@ class TrainingProgress:
             stats["swa_metric"] = self.swa.score  # unless below the model in place (publish: better)
             stats["swa_published"] = self.swa.published
         os.makedirs(os.path.dirname(self.task._stats_path), exist_ok=True)
-        tmp = self.task._stats_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(stats, f, indent=2)
-        os.replace(tmp, self.task._stats_path)
-        plot_learning_curve(self.history, self.curve_path, title=f"{self.task.task} ({self.task.preset})")
+        curve = None  # no epoch row yet: no curve (and not another run's left in its place)
+        if self.history:
+            plot_learning_curve(self.history, self.run_curve_path, title=f"{self.task.task} ({self.task.preset})")
+            curve = Path(self.run_curve_path).read_bytes()
+        targets = [(self.run_stats_path, self.run_curve_path)]
+        if publish:
+            targets.append((self.task._stats_path, self.curve_path))
+        data = json.dumps(stats, indent=2).encode()
+        for stats_path, curve_path in targets:
+            atomic_write(stats_path, lambda out: out.write(data))
+            if curve is None:
+                if os.path.exists(curve_path):
+                    os.remove(curve_path)
+            elif curve_path != self.run_curve_path:
+                atomic_write(curve_path, lambda out: out.write(curve))
 
 
 def last_run_path(path: str) -> str:
-    """Where a run that kept the model in place leaves its stats or curve: ``x_stats.json`` ->
-    ``x_stats_last_run.json``."""
+    """Where a run writes its stats or curve while in progress, and leaves them if it published nothing
+    (kept the model in place, or was stopped first): ``x_stats.json`` -> ``x_stats_last_run.json``."""
     root, ext = os.path.splitext(path)
     return f"{root}_last_run{ext}"
 
