@@ -62,7 +62,7 @@ test: install sample-data
 clean:
 	rm -rf $(SAMPLE)
 
-# Rebuild the demo weights (needs ../shared/real-ct; about 40 min on 2 CPU cores). See docs/RESULTS.md.
+# Rebuild the demo weights (needs ../shared/real-ct; about 80 min on 2 CPU cores: 37 + 43). See docs/RESULTS.md.
 weights: install
 	$(PY) sample-data/make_sample_data.py --out data-local/phantom-train --train-set 16 --seed 100
 	$(PY) scripts/train_demo_weights.py --holdout hcc_0697 --other-phase --models liver_resnet --epochs1 30 --dice-batch
