@@ -373,7 +373,9 @@ def test_numbers_no_run_can_take_are_refused_at_once():
 
     for bad, words in (({"lr": 1e308}, "lr must be > 0, <= 3.40282e+38"),  # overflowed in the training process
                        ({"samples_per_volume": 1_000_000}, "<= 1000"),  # filled the memory
-                       ({"train_batch_size": 5000}, "<= 1000"), ({"val_split": 1}, "< 1")):
+                       ({"train_batch_size": 5000}, "<= 1000"), ({"val_split": 1}, "< 1"),
+                       # no epoch validated: "no epoch validated as well as the model in place", a stale curve
+                       ({"max_epochs": 1, "val_interval": 2}, "val_interval"), ({"val_interval": 500}, "max_epochs")):
         with pytest.raises(ValueError, match=words.replace("+", r"\+")):
             check_recipe(bad)
     check_recipe({"lr": 50, "samples_per_volume": 1000, "val_split": 0.9})  # large, but a run can take them

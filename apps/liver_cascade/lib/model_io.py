@@ -47,6 +47,13 @@ def keep_previous(path: str) -> Optional[str]:
     return path + PREVIOUS_SUFFIX
 
 
+def load_failure(e: BaseException) -> str:
+    """Why a checkpoint did not load, in one line; not torch's advice to load a refused pickle unsafely."""
+    if "weights only load failed" in str(e).lower():
+        return "it holds more than tensors and plain values (a file that would run code when unpickled is refused)"
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+
+
 def load_checkpoint(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]]:
     """The network and checkpoint dict of ``path`` (a file name, or a binary file object)."""
     try:
@@ -58,7 +65,7 @@ def load_checkpoint(path, device="cpu") -> Tuple[torch.nn.Module, Dict[str, Any]
     except FileNotFoundError:
         raise
     except Exception as e:  # corrupt file, wrong format
-        raise ModelNotReadyError(f"Model file {path} could not be loaded: {e}") from e
+        raise ModelNotReadyError(f"Model file {path} could not be loaded: {load_failure(e)}") from e
     return net.to(device).eval(), ckpt
 
 

@@ -470,14 +470,14 @@ def install(app_instance, max_upload_bytes: int) -> None:
     def model_upload_check(background_tasks, model, file, *a, **k):
         """A model upload replaced the weights with whatever was sent (7 bytes of text: every later
         request failed): it must load as this app's checkpoint, of the network in place."""
-        from lib.model_io import keep_previous, load_checkpoint
+        from lib.model_io import keep_previous, load_checkpoint, load_failure
 
         check_model(model, app_instance._infers)
         try:  # from the upload itself (torch reads file objects); MONAI Label then copies it into place
             net, ckpt = load_checkpoint(file.file)
         except Exception as e:
-            reason = str(e.__cause__ or e).splitlines()[0][:300]
-            raise HTTPException(status_code=400, detail=f"the upload is not a model file of this app: {reason}") from None
+            raise HTTPException(status_code=400, detail="the upload is not a model file of this app: "
+                                                        f"{load_failure(e.__cause__ or e)}") from None
         finally:
             file.file.seek(0)
         if not all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point()):

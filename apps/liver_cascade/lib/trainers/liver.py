@@ -143,6 +143,12 @@ def check_recipe(params: Dict[str, Any]) -> None:
                 raise ValueError(f"training parameter {key} must be {bound}, got {value!r}")
         elif key == "publish":
             parse_choice(key, value, PUBLISH_MODES)
+    if "val_interval" in params or "max_epochs" in params:  # both numbers by now
+        interval = float(params.get("val_interval", RECIPE["val_interval"]))
+        epochs = float(params.get("max_epochs", RECIPE["max_epochs"]))
+        if interval > epochs:  # no epoch would be validated, nor published
+            raise ValueError(f"training parameter val_interval ({interval:g}) is more than max_epochs ({epochs:g}): "
+                             "no epoch would be validated")
         elif key == "zoom":
             try:
                 lo, hi = (float(v) for v in str(value).split(","))
