@@ -302,16 +302,19 @@ class LiverCascadeApp(MONAILabelApp):
                 return files[0]
             raise HTTPException(status_code=400, detail="the session holds a folder with no DICOM series; upload one "
                                                         "volume (NIfTI, NRRD) or a zip of one DICOM series")
+        largest = max(series)[1]
+        fd, part = tempfile.mkstemp(suffix=".nii.gz", dir=os.path.dirname(out))  # two requests at once
+        os.close(fd)
         try:
             reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(max(series)[1])
-            image = reader.Execute()
-            fd, part = tempfile.mkstemp(suffix=".nii.gz", dir=os.path.dirname(out))  # two requests at once
-            os.close(fd)
-            sitk.WriteImage(image, part)
+            reader.SetFileNames(largest)
+            sitk.WriteImage(reader.Execute(), part)
             os.replace(part, out)
         except RuntimeError as e:
             raise HTTPException(status_code=400, detail=f"the session's DICOM series could not be read: "
                                                         f"{str(e).strip().splitlines()[-1][:300]}") from e
-        logger.info(f"session series {os.path.basename(folder)}: {len(max(series)[1])} slices read into one volume")
+        finally:
+            if os.path.exists(part):
+                os.remove(part)
+        logger.info(f"session series {os.path.basename(folder)}: {len(largest)} slices read into one volume")
         return out
