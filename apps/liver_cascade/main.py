@@ -29,7 +29,7 @@ from monailabel.utils.others.generic import strtobool
 
 from lib import lifecycle
 from lib.activelearning.random import RandomStrategy
-from lib.conf import AppConf
+from lib.conf import AppConf, as_bool
 from lib.datastore import SafeLocalDatastore
 from lib.dicomweb import LiverDICOMWebDatastore, create_dicomweb_datastore
 from lib.infers import InvalidRequestError
@@ -41,6 +41,22 @@ from lib.validation import InputError, check_label_matches, check_volume_file
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODELS = "liver_resnet,liver_cascade"  # vgg_fcn (ablation baseline): --conf models ...,vgg_fcn
+
+
+def save_result(ds: Datastore, request: Dict, result: Dict) -> Dict:
+    """MONAI Label's last step of an inference on a datastore image: its result becomes the image's label
+    (``label_tag``, 'original' by default). If that fails, the result file is removed before the error goes
+    on: the endpoint that would have removed it after the answer never runs."""
+    path = result.get("file")
+    if not path or not os.path.exists(path):
+        return result
+    try:
+        label_id = ds.save_label(request["image"], path, request.get("label_tag", DefaultLabelTag.ORIGINAL),
+                                 {"model": request.get("model"), "params": result.get("params")})
+    except BaseException:
+        os.remove(path)
+        raise
+    return {**result, "label": label_id}
 
 
 class LiverCascadeApp(MONAILabelApp):
@@ -226,12 +242,16 @@ class LiverCascadeApp(MONAILabelApp):
                     check_label_matches(request["label"], path, values=False)  # any segment value counts as liver
                 except InputError as e:
                     raise HTTPException(status_code=e.status, detail=f"label: {e}") from e
+        # MONAI Label saves the result as the image's 'original' label after the task; when that fails (the
+        # image was deleted while it was being segmented: 404) its result file stayed in the temp folder
+        save = as_bool(request.get("save_label", False)) and not os.path.exists(str(request.get("image")))
         try:  # the task takes one of the process's inference slots (lib/infers/liver.py, inference_slots)
-            return super().infer(request, datastore)
+            result = super().infer({**request, "save_label": False}, datastore)
         except ModelNotReadyError as e:
             raise HTTPException(status_code=503, detail=str(e)) from e
         except (InvalidRequestError, InputError) as e:
             raise HTTPException(status_code=getattr(e, "status", 400), detail=str(e)) from e
+        return save_result(ds, request, result) if save else result
 
     def batch_infer(self, request, datastore=None):
         """MONAI Label's batch inference; on a machine without a GPU it defaults to the CPU (its default,

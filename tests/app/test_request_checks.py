@@ -53,3 +53,32 @@ def test_missing_weights_say_how_to_train_that_model(tmp_path):
     assert "POST /train/vgg_fcn" in vgg and "make weights" not in vgg
     paper = make_task("liver_cascade", str(tmp_path), {"preset": "paper"}).how_to_train()
     assert "POST /train/liver_resnet` then `POST /train/liver_cascade" in paper and "make weights" not in paper
+
+
+def test_a_result_whose_label_cannot_be_saved_leaves_no_file(tmp_path):
+    """The image was deleted while it was segmented: saving its label answers 404, and the result file,
+    which the endpoint removes only after an answer, stayed in the temp folder (one per such request)."""
+    from fastapi import HTTPException
+    from main import save_result
+
+    class Datastore:
+        def __init__(self, fail):
+            self.fail, self.saved = fail, []
+
+        def save_label(self, image_id, path, tag, info):
+            if self.fail:
+                raise HTTPException(status_code=404, detail=f"image {image_id!r} is not in the datastore")
+            self.saved.append((image_id, path, tag, info["model"]))
+            return image_id
+
+    result = tmp_path / "liver_cascade_result.nii.gz"
+    result.write_bytes(b"label")
+    answer = {"label": None, "file": str(result), "params": {"model": "liver_cascade"}}
+    with pytest.raises(HTTPException) as e:
+        save_result(Datastore(fail=True), {"image": "gone", "model": "liver_cascade"}, answer)
+    assert e.value.status_code == 404 and not result.exists()
+    result.write_bytes(b"label")
+    ds = Datastore(fail=False)
+    saved = save_result(ds, {"image": "case0", "model": "liver_cascade"}, answer)
+    assert saved["label"] == "case0" and saved["file"] == str(result) and result.exists()
+    assert ds.saved == [("case0", str(result), "original", "liver_cascade")]

@@ -273,7 +273,8 @@ def test_inference_never_overwrites_an_annotators_label(server):
                       json={}, timeout=300)
     assert r.status_code == 200 and r.json()["labelled"]["label"], r.text  # on the CPU, saved as 'original'
     assert final.read_bytes() == before
-    for params, words in (({"logging": "NOTALEVEL"}, "logging"), ({"skip_writer": True}, "skip_writer")):
+    for params, words in (({"logging": "NOTALEVEL"}, "logging"), ({"skip_writer": True}, "skip_writer"),
+                          ({"save_label": "maybe"}, "save_label")):
         r = requests.post(f"{server.url}/infer/liver_resnet", params={"image": "ok"},
                           data={"params": json.dumps(params)}, timeout=300)
         assert r.status_code == 400 and words in r.text, (params, r.text)

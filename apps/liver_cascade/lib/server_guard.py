@@ -28,7 +28,7 @@ import torch
 from fastapi import BackgroundTasks, HTTPException
 from fastapi.responses import JSONResponse
 
-from lib.conf import as_bool
+from lib.conf import as_bool, check_switch
 from lib.datastore import check_name
 from lib.infers.liver import no_inference
 from lib.trainers.liver import TRAIN_REQUEST_KEYS, check_recipe, known_train_keys
@@ -129,6 +129,10 @@ def check_infer_request(request) -> None:
     level = request.get("logging")
     if level is not None and not isinstance(logging.getLevelName(str(level).upper()), int):
         raise HTTPException(status_code=400, detail=f"logging must be a level name (INFO, DEBUG, ...), got {level!r}")
+    try:  # MONAI Label took any non-empty string, "false" too, for yes
+        check_switch("save_label", request.get("save_label"))
+    except ValueError as e:
+        raise HTTPException(status_code=400, detail=str(e)) from None
     if as_bool(request.get("skip_writer", False)):
         raise HTTPException(status_code=400, detail="skip_writer is not offered: the result is a label file")
 
