@@ -70,13 +70,15 @@ def pack(args) -> int:
         d = load({"image": str(img), "label": str(lab)})
         image = np.rint(np.asarray(d["image"][0]) * 255).astype(np.uint8)
         label = np.asarray(d["label"][0]).astype(np.uint8)
-        if group == "phantom":  # a few slices of each kind keep the pack small (64 MiB travel)
+        spacing_z = float(np.linalg.norm(np.asarray(d["image"].affine)[:3, 2]))
+        if group == "phantom" and args.phantom_slices > 0:  # a few slices of each kind keep the pack small (64 MiB travel)
             keep = []
             for kind in slice_kinds(label).values():
                 keep += list(rng.choice(kind, min(len(kind), args.phantom_slices), replace=False))
             keep = np.sort(np.array(keep, dtype=int))
             image, label = image[..., keep], label[..., keep]
-        np.savez_compressed(out / f"{name}.npz", image=image, label=label, group=group)
+        np.savez_compressed(out / f"{name}.npz", image=image, label=label, group=group, spacing_z=spacing_z,
+                            whole=group != "phantom" or args.phantom_slices <= 0)
         print(name, image.shape, flush=True)
     return 0
 
@@ -139,6 +141,14 @@ def postprocess(liver: np.ndarray) -> np.ndarray:
     return liver
 
 
+def neighbours(n: int, spacing_z: float, context_mm: float):
+    """For 2.5D input: the indices of the slices about ``context_mm`` below and above each of ``n`` slices
+    (at least one slice away; clamped at the volume's ends, where a slice stands in for its missing neighbour)."""
+    off = max(1, int(round(context_mm / spacing_z)))
+    i = np.arange(n)
+    return np.clip(i - off, 0, n - 1), np.clip(i + off, 0, n - 1)
+
+
 def train(args) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -152,7 +162,7 @@ def train(args) -> int:
                          not n.startswith(args.holdout))  # the other real patient
     train_cases = [n for n, c in cases.items() if str(c["group"]) in ("phantom", train_patient)]
     # slices on the device once, already at the network's size (the trainer's Resized + SpatialPadd)
-    imgs, labs, pools, weights = [], [], [], []
+    imgs, labs, pools, weights, below, above = [], [], [], [], [], []
     start = 0
     for name in train_cases:
         c = cases[name]
@@ -162,11 +172,25 @@ def train(args) -> int:
         labs.append(to_square(lab, base, "nearest").to(torch.uint8))
         pools.append({k: v + start for k, v in slice_kinds(c["label"]).items()})
         weights.append(args.repeat_real if str(c["group"]) != "phantom" else 1)
+        if args.context_mm:
+            if "whole" not in c.files or not bool(c["whole"]):
+                raise SystemExit("--context-mm needs a pack with whole volumes and their spacing (pack --phantom-slices 0)")
+            lo, hi = neighbours(img.shape[0], float(c["spacing_z"]), args.context_mm)
+            below.append(torch.from_numpy(lo + start))
+            above.append(torch.from_numpy(hi + start))
         start += img.shape[0]
     imgs, labs = torch.cat(imgs), torch.cat(labs)
+    if args.context_mm:
+        below, above = torch.cat(below).to(dev), torch.cat(above).to(dev)
+
+    def stack(idx):  # (N, 1 or 3, H, W): the slice, or the slice below, the slice, the slice above
+        idx = torch.as_tensor(idx, device=dev)
+        x = imgs[idx].float()
+        return torch.cat([imgs[below[idx]].float(), x, imgs[above[idx]].float()], 1) if args.context_mm else x
     weights = np.array(weights, float) / sum(weights)
 
-    net = build_network("resnet", args.preset, 1).to(dev).to(memory_format=torch.channels_last)
+    in_ch = 3 if args.context_mm else 1
+    net = build_network("resnet", args.preset, in_ch).to(dev).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=0.9, weight_decay=5e-4)
     budget = args.minutes * 60
     t0, step, log = time.time(), 0, []
@@ -184,7 +208,7 @@ def train(args) -> int:
             kinds = list(pools[v].values())
             pool = kinds[np.random.randint(len(kinds))]
             batch.append(int(pool[np.random.randint(len(pool))]))
-        x, y = augment(imgs[batch].float(), labs[batch])
+        x, y = augment(stack(batch), labs[batch])
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             logits = net(x.contiguous(memory_format=torch.channels_last))
         loss = dice_ce(logits, y)
@@ -204,11 +228,19 @@ def train(args) -> int:
     vol = torch.from_numpy(ref_case["image"]).float() / 255  # (H, W, N)
     ref = ref_case["label"]
     h, w, n = vol.shape
+    if args.context_mm:
+        lo, hi = neighbours(n, float(ref_case["spacing_z"]), args.context_mm)
+
+        def make_input(idx):
+            return torch.stack([vol[..., lo[idx]], vol[..., idx], vol[..., hi[idx]]]).permute(3, 0, 1, 2)
+    else:
+        def make_input(idx):
+            return vol[..., idx].permute(2, 0, 1)[:, None]
     rows = {}
     for name, scales in (("1 scale", (base,)), ("5 scales", tuple(round(base * s / preset.base_size)
                                                                     for s in preset.all_scales))):
         t1 = time.time()
-        probs = predict_slices(net, lambda idx: vol[..., idx].permute(2, 0, 1)[:, None], n, (h, w), scales,
+        probs = predict_slices(net, make_input, n, (h, w), scales,
                                batch_size=16, device=dev, amp=amp).float()
         sync = torch.cuda.synchronize if amp else (lambda: None)
         sync()
@@ -223,7 +255,7 @@ def train(args) -> int:
     if args.save:  # the app's checkpoint format (lib.model_io), so the app and its evaluation can load it
         from lib.model_io import save_checkpoint
 
-        save_checkpoint(args.save, net, "resnet", args.preset, 1, meta={
+        save_checkpoint(args.save, net, "resnet", args.preset, in_ch, meta={"context_mm": args.context_mm,
             "task": "liver_resnet", "trained_by": "scripts/gpu_paper_experiment.py", "holdout": args.holdout,
             "size": base, "steps": step, "train_seconds": round(train_seconds, 1), "seed": args.seed,
             "device": torch.cuda.get_device_name() if amp else "cpu", "trained_on": train_cases})
@@ -236,7 +268,7 @@ def write_result(args, net, rows, train_cases, step, train_seconds, log, amp):
               "minutes": None if args.steps else args.minutes, "steps_asked": args.steps,
               "train_seconds": round(train_seconds, 1), "steps": step, "slices_seen": step * args.batch,
               "train_cases": train_cases, "lr": args.lr, "batch": args.batch, "repeat_real": args.repeat_real,
-              "seed": args.seed, "device": torch.cuda.get_device_name() if amp else "cpu",
+              "seed": args.seed, "context_mm": args.context_mm, "device": torch.cuda.get_device_name() if amp else "cpu",
               "torch": torch.__version__, "parameters_M": round(sum(p.numel() for p in net.parameters()) / 1e6, 2),
               "rows": rows, "log": log}
     Path(args.out).write_text(json.dumps(result, indent=1))
@@ -251,7 +283,7 @@ def main(argv=None) -> int:
     p.add_argument("--transfer-dir", default=str(ROOT / "data-local" / "transfer"))
     p.add_argument("--phantoms", default=str(ROOT / "data-local" / "phantom-train" / "lits"))
     p.add_argument("--val-phantoms", type=int, default=2)
-    p.add_argument("--phantom-slices", type=int, default=4, help="slices of each kind kept per phantom")
+    p.add_argument("--phantom-slices", type=int, default=4, help="slices of each kind kept per phantom (0: all)")
     t = sub.add_parser("train", help="train for a wall-clock budget or a step count, then evaluate (GPU machine)")
     t.add_argument("--pack", default=str(ROOT / "data-local" / "gpu-pack"))
     t.add_argument("--holdout", default="hcc_0697", choices=("hcc_0697", "hcc_2022"))
@@ -263,6 +295,8 @@ def main(argv=None) -> int:
     t.add_argument("--batch", type=int, default=10)
     t.add_argument("--repeat-real", type=int, default=6)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--context-mm", type=float, default=0.0,
+                   help="2.5D input: also the slices about this far below and above (0: the 2D network)")
     t.add_argument("--out", default="gpu_experiment.json")
     t.add_argument("--save", default=None, help="also write the trained network here, in the app's checkpoint format")
     args = ap.parse_args(argv)

@@ -95,3 +95,35 @@ def test_a_run_by_steps_stops_at_that_step(tmp_path):
     res = json.loads(out.read_text())
     assert res["steps"] == 3 and res["steps_asked"] == 3 and res["minutes"] is None
     assert res["train_cases"] == ["hcc_0697_manual"]
+
+
+def test_neighbours_are_a_distance_away_and_clamped():
+    lo, hi = gx.neighbours(6, 5.0, 5.0)  # 5 mm slices, 5 mm context: the next slice
+    assert lo.tolist() == [0, 0, 1, 2, 3, 4] and hi.tolist() == [1, 2, 3, 4, 5, 5]
+    lo, hi = gx.neighbours(10, 1.0, 5.0)  # 1 mm slices: five slices away
+    assert lo[7] == 2 and hi[2] == 7 and hi[7] == 9
+    lo, hi = gx.neighbours(4, 5.0, 1.0)  # never the slice itself
+    assert lo[2] == 1 and hi[2] == 3
+
+
+def test_a_context_run_takes_three_slices_and_needs_whole_volumes(tmp_path):
+    image, label = disk_volume()
+    for name, group in (("hcc_0697_manual", "hcc_0697"), ("hcc_2022_manual", "hcc_2022")):
+        np.savez_compressed(tmp_path / f"{name}.npz", image=image, label=label, group=group, spacing_z=2.5, whole=True)
+    out = tmp_path / "result.json"
+    assert gx.main(["train", "--pack", str(tmp_path), "--holdout", "hcc_2022", "--preset", "lite", "--size", "64",
+                    "--steps", "2", "--batch", "2", "--context-mm", "5", "--out", str(out),
+                    "--save", str(tmp_path / "s.pt")]) == 0
+    res = json.loads(out.read_text())
+    assert res["context_mm"] == 5 and res["steps"] == 2
+    from lib.model_io import load_checkpoint
+
+    net, ckpt = load_checkpoint(str(tmp_path / "s.pt"))
+    assert net.conv1.in_channels == 3 and ckpt["meta"]["context_mm"] == 5
+    np.savez_compressed(tmp_path / "phantom_1.npz", image=image, label=label, group="phantom", spacing_z=2.5,
+                        whole=False)  # a few slices of a phantom: their neighbours are not there
+    import pytest
+
+    with pytest.raises(SystemExit, match="whole volumes"):
+        gx.main(["train", "--pack", str(tmp_path), "--holdout", "hcc_2022", "--preset", "lite", "--size", "64",
+                 "--steps", "1", "--batch", "2", "--context-mm", "5", "--out", str(out)])
