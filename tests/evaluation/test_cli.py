@@ -35,6 +35,8 @@ def test_ablation_and_evaluate_commands(tmp_path):
     assert params["Cascaded ResNet + 3D-CRF"] == {**off, "crf": "paper"}
     assert params["Cascaded ResNet + liver CRF"] == {**off, "crf": "liver"}
     assert params["Cascaded ResNet + liver CRF + liver growth (default)"] == {**off, "crf": "liver", "grow_liver": True}
+    assert params["ResNet + liver CRF + liver growth"] == {**off, "crf": "liver", "grow_liver": True}
+    assert {r["method"]: r["model"] for r in rows}["ResNet + liver CRF + liver growth"] == "liver_resnet"
     assert params["Cascaded ResNet + BN adaptation + liver CRF"] == {**off, "crf": "liver", "adapt_bn": True}
     # the paper's rows: no CRF, the training's batch-norm statistics, no liver growth
     assert all(r["params"] == off for r in rows[:3])

@@ -52,6 +52,8 @@ def rows_for(preset: str):
         # not in the paper: the liver grown into the liver-like voxels next to it; with the liver CRF, the default
         ("Cascaded ResNet + liver growth", "liver_cascade", {**off, "grow_liver": True}),
         ("Cascaded ResNet + liver CRF + liver growth (default)", "liver_cascade", {**off, "crf": "liver", "grow_liver": True}),
+        # stage one alone with the same post-processing: what stage two adds to (or takes from) the served liver
+        ("ResNet + liver CRF + liver growth", "liver_resnet", {**off, "crf": "liver", "grow_liver": True}),
         # not in the paper: the opt-in batch-norm statistics of the volume being segmented
         ("Cascaded ResNet + BN adaptation", "liver_cascade", {**off, "adapt_bn": True}),
         ("Cascaded ResNet + BN adaptation + liver CRF", "liver_cascade", {**off, "crf": "liver", "adapt_bn": True}),
