@@ -25,7 +25,7 @@ from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
 from monailabel.utils.others.class_utils import get_class_names
-from monailabel.utils.others.generic import strtobool
+from monailabel.utils.others.generic import remove_file, strtobool
 
 from lib import lifecycle
 from lib.activelearning.random import RandomStrategy
@@ -54,7 +54,7 @@ def save_result(ds: Datastore, request: Dict, result: Dict) -> Dict:
         label_id = ds.save_label(request["image"], path, request.get("label_tag", DefaultLabelTag.ORIGINAL),
                                  {"model": request.get("model"), "params": result.get("params")})
     except BaseException:
-        os.remove(path)
+        remove_file(path)
         raise
     return {**result, "label": label_id}
 
@@ -242,9 +242,9 @@ class LiverCascadeApp(MONAILabelApp):
                     check_label_matches(request["label"], path, values=False)  # any segment value counts as liver
                 except InputError as e:
                     raise HTTPException(status_code=e.status, detail=f"label: {e}") from e
-        # MONAI Label saves the result as the image's 'original' label after the task; when that fails (the
-        # image was deleted while it was being segmented: 404) its result file stayed in the temp folder
-        save = as_bool(request.get("save_label", False)) and not os.path.exists(str(request.get("image")))
+        # MONAI Label saves the result as the image's 'original' label after the task (not an upload's); when
+        # that fails (the image was deleted while it was being segmented: 404) its result file stayed behind
+        save = as_bool(request.get("save_label", False)) and not uploaded
         try:  # the task takes one of the process's inference slots (lib/infers/liver.py, inference_slots)
             result = super().infer({**request, "save_label": False}, datastore)
         except ModelNotReadyError as e:
