@@ -261,9 +261,12 @@ def test_a_round_on_one_labelled_volume_still_compares_with_the_model_in_place(t
     assert stats["validated_on_training_volumes"] and stats["baseline_metric"] > 0.4
     assert "val_mean_dice" in stats["history"][0] and not stats["history"][0]["published"]
     assert stats["kept_model_in_place"]
-    # the CLI's last line says so (it gave the model in place's metric as if the run had published it)
+    # the CLI's last line says so, with the run's own best epoch (it gave the model in place's metric as the run's)
+    assert stats["best_metric"] == pytest.approx(stats["history"][0]["val_mean_dice"])
+    assert stats["best_metric"] < stats["baseline_metric"]
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last["published"] is False and last["best_metric"] == pytest.approx(stats["baseline_metric"])
+    assert last["published"] is False and last["best_metric"] == pytest.approx(stats["best_metric"])
+    assert last["baseline_metric"] == pytest.approx(stats["baseline_metric"])
     assert (model_dir / "liver_resnet_lite.pt").read_bytes() == shipped
 
 

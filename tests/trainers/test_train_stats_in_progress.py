@@ -26,7 +26,7 @@ def _progress(model_dir, run_id, baseline=None):
                           optimizer=torch.optim.SGD(net.parameters(), lr=0.01), train_datalist=[{}],
                           val_datalist=[{}], request={})
     progress = TrainingProgress(task, ctx)
-    progress.baseline = progress.best = baseline  # as on_started sets them (publish: better)
+    progress.baseline = progress.bar = baseline  # as on_started sets them (publish: better)
     return progress
 
 
@@ -66,6 +66,8 @@ def test_a_stopped_run_leaves_the_model_stats_and_curve_untouched(tmp_path):
     assert stats_file.read_bytes() == before and curve.read_bytes() == b"the curve of the model in place"
     run = json.loads((model_dir / "liver_resnet_lite_stats_last_run.json").read_text())
     assert run["run_id"] == "kept" and run["done"] and run["kept_model_in_place"]
+    # its best epoch is its own (it reported the model in place's score as the run's)
+    assert run["best_metric"] == 0.5 and run["baseline_metric"] == 0.9
 
     # a run that publishes an epoch, then is stopped: the files beside the model describe the published model's run
     progress = _progress(model_dir, "published", baseline=0.9)

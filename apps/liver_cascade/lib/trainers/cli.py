@@ -138,12 +138,15 @@ def main(argv=None):
         except (ValueError, ModelNotReadyError) as e:  # no labelled image, weights that do not fit, ...
             print(f"error: {name}: {e}", file=sys.stderr)
             return 1
-        # a run that published nothing (publish: better) leaves its stats beside the model in place's; the
-        # best metric is then the model in place's
+        # a run that published nothing (publish: better) leaves its stats beside the model in place's; its best
+        # epoch then scored under the model in place's (baseline_metric)
         run_stats = last_run_path(trainer._stats_path)
         kept = os.path.exists(run_stats) and os.path.getmtime(run_stats) >= t0
+        if kept:
+            with open(run_stats) as f:
+                stats = json.load(f)
         print(json.dumps({"model": name, "seconds": round(time.time() - t0, 1), "best_metric": stats.get("best_metric"),
-                          "published": not kept}), flush=True)
+                          "baseline_metric": stats.get("baseline_metric"), "published": not kept}), flush=True)
     return 0
 
 

@@ -562,7 +562,8 @@ class TrainingProgress:
         self.context = context
         self.history: List[Dict[str, Any]] = []
         self.losses: List[float] = []
-        self.best: Optional[float] = None
+        self.best: Optional[float] = None  # this run's best epoch score
+        self.bar: Optional[float] = None  # what an epoch must score to be published: the model in place's, then the last published's
         self.start = time.time()
         self.curve_path = os.path.join(os.path.dirname(task.publish_file), f"{task.task}_{task.preset}_curve.png")
         self.swa: Optional[WeightAverage] = None
@@ -602,7 +603,7 @@ class TrainingProgress:
         except Exception as e:  # another preset or input layout: nothing to compare with
             logger.info(f"[{self.task.task}] the model in place is not comparable ({e}); publishing the best epoch")
             return
-        self.best = self.baseline
+        self.bar = self.baseline
         logger.info(f"[{self.task.task}] the model in place validates at val_mean_dice {self.baseline:.4f}: an epoch "
                     "is published only if it does at least as well (publish: better)")
 
@@ -648,8 +649,9 @@ class TrainingProgress:
         key = "val_mean_dice" if ctx.evaluator is not None else "train_dice"
         score = metrics.get(key, -1.0)
         published = False
-        if self.best is None or score >= self.best:
-            self.best = score
+        self.best = score if self.best is None else max(self.best, score)
+        if self.bar is None or score >= self.bar:
+            self.bar = score
             self.publish(ctx.network, checkpoint_meta(self.task, ctx, epoch=epoch, **{key: score}))
             published = True
         row["published"] = published
@@ -688,7 +690,7 @@ class TrainingProgress:
             "run_id": self.context.run_id,
             "epoch": self.context.trainer.state.epoch,
             "max_epochs": self.context.max_epochs,
-            "best_metric": self.best,
+            "best_metric": self.best,  # this run's best epoch (published only if at least baseline_metric)
             "baseline_metric": self.baseline,  # the model in place before the run (publish: better)
             # no held-out volume: the epochs and the model in place were compared on the training volumes
             "validated_on_training_volumes": bool(getattr(self.context, "validated_on_training_volumes", False)),
