@@ -6,7 +6,12 @@ For every axial slice where both have liver (reference at least --min-pixels), t
 in-plane distance (mm, negative = inside the reference liver) from each boundary pixel of the
 predicted liver to the reference boundary; then the liver Dice of the prediction grown (+k) or
 shrunk (-k) in-plane by k pixels. A median offset of a few mm with Dice rising on one side
-is a systematic boundary placement, not noise. Prints JSON.
+is a systematic boundary placement, not noise.
+
+Then where the errors lie (``error_bands``): the false liver voxels by their in-plane distance to the
+reference liver (0-2, 2-5, over 5 mm), the missed ones by their distance to the reference's boundary, and
+both in the reference liver's first and last 2 slices (``end_slices``, counted apart); with the liver
+Dice that removing each kind would give (an oracle: it needs the reference). Prints JSON.
 """
 
 import argparse
@@ -51,6 +56,46 @@ def grown_dice(pred: np.ndarray, ref: np.ndarray, ks=(-3, -2, -1, 0, 1, 2, 3)) -
     return res
 
 
+def in_plane_distance_mm(mask: np.ndarray, zooms) -> np.ndarray:
+    """Per axial slice, each voxel's in-plane distance (mm) to the nearest voxel of ``mask`` (0 inside it)."""
+    out = np.zeros(mask.shape)
+    for z in range(mask.shape[2]):
+        out[..., z] = ndimage.distance_transform_edt(~mask[..., z], sampling=zooms[:2])
+    return out
+
+
+def error_bands(pred: np.ndarray, ref: np.ndarray, zooms, end: int = 2) -> dict:
+    false, missed = pred & ~ref, ref & ~pred
+    tp = int((pred & ref).sum())
+    zs = np.flatnonzero(ref.any(axis=(0, 1)))
+    ends = np.zeros(ref.shape, bool)
+    if zs.size:
+        ends[..., : zs[0] + end] = True
+        ends[..., zs[-1] - end + 1:] = True
+    out_d = in_plane_distance_mm(ref, zooms)  # false voxels: how far outside the reference
+    in_d = in_plane_distance_mm(~ref, zooms)  # missed voxels: how far inside its boundary
+
+    def bands(m, d):
+        m = m & ~ends
+        return {"0-2mm": int((m & (d <= 2)).sum()), "2-5mm": int((m & (d > 2) & (d <= 5)).sum()),
+                "over_5mm": int((m & (d > 5)).sum())}
+
+    res = {"true": tp, "false": bands(false, out_d), "missed": bands(missed, in_d),
+           "end_slices": {"slices": end, "false": int((false & ends).sum()), "missed": int((missed & ends).sum())}}
+    nf, nm = int(false.sum()), int(missed.sum())
+
+    def dice_without(f=0, m=0):
+        return round(100 * 2 * tp / (2 * tp + nf - f + nm - m), 2) if tp else 0.0
+
+    far = res["false"]["over_5mm"]
+    res["liver_dice_without"] = {
+        "nothing": dice_without(),
+        "false_over_5mm": dice_without(f=far),
+        "false_over_5mm_and_end_slices": dice_without(f=far + res["end_slices"]["false"], m=res["end_slices"]["missed"]),
+    }
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pred", required=True)
@@ -66,6 +111,7 @@ def main(argv=None):
         "mean_offset_mm": round(float(off.mean()), 2) if off.size else None,
         "fraction_inside": round(float((off < 0).mean()), 3) if off.size else None,
         "liver_dice_grown_by_k_pixels": grown_dice(pred, ref),
+        "error_bands": error_bands(pred, ref, zooms),
     }
     print(json.dumps(result, indent=2))
     return result
