@@ -91,7 +91,8 @@ def error_bands(pred: np.ndarray, ref: np.ndarray, zooms, end: int = 2) -> dict:
     res["liver_dice_without"] = {
         "nothing": dice_without(),
         "false_over_5mm": dice_without(f=far),
-        "false_over_5mm_and_end_slices": dice_without(f=far + res["end_slices"]["false"], m=res["end_slices"]["missed"]),
+        "false_over_5mm_and_end_slices": dice_without(f=far + res["end_slices"]["false"],
+                                                      m=res["end_slices"]["missed"]),
     }
     return res
 

@@ -563,7 +563,8 @@ class TrainingProgress:
         self.history: List[Dict[str, Any]] = []
         self.losses: List[float] = []
         self.best: Optional[float] = None  # this run's best epoch score
-        self.bar: Optional[float] = None  # what an epoch must score to be published: the model in place's, then the last published's
+        # what an epoch must score to be published: the model in place's (publish: better), then the last published's
+        self.bar: Optional[float] = None
         self.start = time.time()
         self.curve_path = os.path.join(os.path.dirname(task.publish_file), f"{task.task}_{task.preset}_curve.png")
         self.swa: Optional[WeightAverage] = None
