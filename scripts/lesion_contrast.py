@@ -1,12 +1,15 @@
-"""Would a density test remove false lesions? Each predicted lesion's contrast with the liver around it.
+"""Would a density or an edge test remove false lesions? Each predicted lesion's contrast with the liver around it,
+and how much of it lies on the liver's edge.
 
     .venv/bin/python scripts/lesion_contrast.py --pred <label.nii.gz> --image <ct.nii.gz> --ref <reference.nii.gz> \
         [--pred ... --image ... --ref ...] [--out result.json]
 
 For every predicted lesion component of at least --min-ml (26-connectivity): the median HU (smoothed over
 1 mm) inside it, the median HU of the predicted liver 2-10 mm around it, their difference (the contrast),
-and whether it touches a reference lesion (a true lesion at IoU > 0). Then, for a few thresholds, how many
-true and false lesions a filter "drop lesions whose |contrast| is under T HU" would keep. Prints JSON.
+and whether it touches a reference lesion (a true lesion at IoU > 0); its ``edge_share``: the share of the
+voxels next to it in-plane (8-neighbours) that the prediction calls background, not liver (0 for a lesion
+inside the liver). Then, for a few thresholds, how many true and false lesions a filter "drop lesions whose
+|contrast| is under T HU" would keep, and one "drop lesions whose edge share is over S". Prints JSON.
 """
 
 import argparse
@@ -18,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 THRESHOLDS_HU = (3, 5, 8, 10, 15)
+EDGE_SHARES = (0.1, 0.2, 0.3, 0.5)
 
 
 def lesion_contrasts(pred: np.ndarray, hu: np.ndarray, ref: np.ndarray, spacing, min_ml: float):
@@ -32,9 +36,11 @@ def lesion_contrasts(pred: np.ndarray, hu: np.ndarray, ref: np.ndarray, spacing,
         dist = ndimage.distance_transform_edt(~lesion, sampling=spacing)
         ring = (dist > 2) & (dist <= 10) & (pred == 1)
         inside, around = float(np.median(smooth[lesion])), float(np.median(smooth[ring])) if ring.sum() > 20 else None
+        beside = ndimage.binary_dilation(lesion, np.ones((3, 3, 1), bool)) & ~lesion
         rows.append({"ml": round(float(lesion.sum()) * voxel_ml, 2), "lesion_hu": round(inside, 1),
                      "liver_hu": None if around is None else round(around, 1),
                      "contrast_hu": None if around is None else round(inside - around, 1),
+                     "edge_share": round(float((pred[beside] == 0).mean()), 3) if beside.any() else 0.0,
                      "true": bool((ref[lesion] == 2).any())})
     return rows
 
@@ -62,7 +68,9 @@ def main(argv=None) -> int:
     kept = lambda group, t: sum(1 for r in group if r["contrast_hu"] is None or abs(r["contrast_hu"]) >= t)  # noqa: E731
     result = {"lesions": rows, "true": len(true), "false": len(false),
               "filter": [{"min_contrast_hu": t, "true_kept": kept(true, t), "false_kept": kept(false, t)}
-                         for t in THRESHOLDS_HU]}
+                         for t in THRESHOLDS_HU],
+              "edge_filter": [{"max_edge_share": s, "true_kept": sum(1 for r in true if r["edge_share"] <= s),
+                               "false_kept": sum(1 for r in false if r["edge_share"] <= s)} for s in EDGE_SHARES]}
     text = json.dumps(result, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
