@@ -57,10 +57,11 @@ def main(argv=None) -> int:
         ap.error("give one --image and one --ref per --pred")
     rows = []
     for pred_path, image_path, ref_path in zip(args.pred, args.image, args.ref):
-        img = nib.load(image_path)
+        # RAS, so that the axial axis is the last one (the edge share is in-plane)
+        img = nib.as_closest_canonical(nib.load(image_path))
         spacing = np.linalg.norm(img.affine[:3, :3], axis=0)
-        pred = np.rint(np.asarray(nib.load(pred_path).dataobj)).astype(np.uint8)
-        ref = np.rint(np.asarray(nib.load(ref_path).dataobj)).astype(np.uint8)
+        pred = np.rint(np.asarray(nib.as_closest_canonical(nib.load(pred_path)).dataobj)).astype(np.uint8)
+        ref = np.rint(np.asarray(nib.as_closest_canonical(nib.load(ref_path)).dataobj)).astype(np.uint8)
         for row in lesion_contrasts(pred, np.asarray(img.dataobj), ref, spacing, args.min_ml):
             rows.append({"case": Path(image_path).name, **row})
     true = [r for r in rows if r["true"]]

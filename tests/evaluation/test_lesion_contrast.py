@@ -59,3 +59,12 @@ def test_a_false_lesion_on_the_liver_edge_has_an_edge_share(tmp_path):
     assert false["edge_share"] == round(10 / 32, 3)  # 10 of its 32 in-plane neighbours lie beyond the edge
     assert result["edge_filter"][2] == {"max_edge_share": 0.3, "true_kept": 1, "false_kept": 0}
     assert result["edge_filter"][3] == {"max_edge_share": 0.5, "true_kept": 1, "false_kept": 1}
+
+    # the same volumes stored with the axial axis second (as some phantoms are): the same shares
+    for name, arr in (("pred", pred), ("ct", hu), ("ref", ref)):
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(arr.transpose(0, 2, 1)), affine[:, [0, 2, 1, 3]]),
+                 str(tmp_path / f"{name}_t.nii.gz"))
+    assert main(["--pred", str(tmp_path / "pred_t.nii.gz"), "--image", str(tmp_path / "ct_t.nii.gz"),
+                 "--ref", str(tmp_path / "ref_t.nii.gz"), "--out", str(tmp_path / "t.json")]) == 0
+    shares = sorted(r["edge_share"] for r in json.loads((tmp_path / "t.json").read_text())["lesions"])
+    assert shares == [0.0, round(10 / 32, 3)]
