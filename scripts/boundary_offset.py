@@ -34,15 +34,16 @@ def load_ras(path: str):
     return np.rint(np.asarray(img.dataobj)).astype(np.uint8), img.header.get_zooms()[:2]
 
 
-def boundary_offsets_mm(pred: np.ndarray, ref: np.ndarray, pixel_mm: float, min_pixels: int) -> np.ndarray:
+def boundary_offsets_mm(pred: np.ndarray, ref: np.ndarray, signed_mm: np.ndarray, min_pixels: int) -> np.ndarray:
+    """The signed distance (``signed_mm``: in-plane, to the reference boundary, negative inside) at each
+    boundary pixel of the predicted liver, in the slices with at least ``min_pixels`` of reference liver."""
     out = []
     for z in range(ref.shape[2]):
         r, p = ref[..., z], pred[..., z]
         if r.sum() < min_pixels or not p.any():
             continue
-        signed = ndimage.distance_transform_edt(~r) - ndimage.distance_transform_edt(r)
-        out.append(signed[p & ~ndimage.binary_erosion(p)])
-    return np.concatenate(out) * pixel_mm if out else np.zeros(0)
+        out.append(signed_mm[..., z][p & ~ndimage.binary_erosion(p)])
+    return np.concatenate(out) if out else np.zeros(0)
 
 
 def grown_dice(pred: np.ndarray, ref: np.ndarray, ks=(-3, -2, -1, 0, 1, 2, 3)) -> dict:
@@ -64,7 +65,8 @@ def in_plane_distance_mm(mask: np.ndarray, zooms) -> np.ndarray:
     return out
 
 
-def error_bands(pred: np.ndarray, ref: np.ndarray, zooms, end: int = 2) -> dict:
+def error_bands(pred: np.ndarray, ref: np.ndarray, out_d: np.ndarray, in_d: np.ndarray, end: int = 2) -> dict:
+    """``out_d`` / ``in_d``: each voxel's in-plane distance (mm) to the reference liver / to its outside."""
     false, missed = pred & ~ref, ref & ~pred
     tp = int((pred & ref).sum())
     zs = np.flatnonzero(ref.any(axis=(0, 1)))
@@ -72,9 +74,6 @@ def error_bands(pred: np.ndarray, ref: np.ndarray, zooms, end: int = 2) -> dict:
     if zs.size:
         ends[..., : zs[0] + end] = True
         ends[..., zs[-1] - end + 1:] = True
-    out_d = in_plane_distance_mm(ref, zooms)  # false voxels: how far outside the reference
-    in_d = in_plane_distance_mm(~ref, zooms)  # missed voxels: how far inside its boundary
-
     def bands(m, d):
         m = m & ~ends
         return {"0-2mm": int((m & (d <= 2)).sum()), "2-5mm": int((m & (d > 2) & (d <= 5)).sum()),
@@ -106,13 +105,15 @@ def main(argv=None):
     pred, _ = load_ras(args.pred)
     ref, zooms = load_ras(args.ref)
     pred, ref = liver_mask(pred), liver_mask(ref)
-    off = boundary_offsets_mm(pred, ref, float(zooms[0]), args.min_pixels)
+    outside = in_plane_distance_mm(ref, zooms)  # how far outside the reference liver (0 inside)
+    inside = in_plane_distance_mm(~ref, zooms)  # how far inside its boundary (0 outside)
+    off = boundary_offsets_mm(pred, ref, outside - inside, args.min_pixels)
     result = {
         "median_offset_mm": round(float(np.median(off)), 2) if off.size else None,
         "mean_offset_mm": round(float(off.mean()), 2) if off.size else None,
         "fraction_inside": round(float((off < 0).mean()), 3) if off.size else None,
         "liver_dice_grown_by_k_pixels": grown_dice(pred, ref),
-        "error_bands": error_bands(pred, ref, zooms),
+        "error_bands": error_bands(pred, ref, outside, inside),
     }
     print(json.dumps(result, indent=2))
     return result
